@@ -1,0 +1,377 @@
+"""CoCoFL cost tables: time, upload and memory of every trained window (METHODS.md B7).
+
+One row per contiguous window ``[a, b]`` of a model's units, each cost a fraction of full training
+of the same model and batch size, so the full window is ``(1, 1, 1)`` by construction.
+
+* ``analytic``: the B7 formulas from per-unit forward MACs F_u, parameters P_u and stored
+  activations per sample A_u (forward hooks). F_u counts Conv2d and Linear multiply-accumulates
+  only; A_u is the number of output elements, per sample, of every leaf module of the unit.
+* ``measured`` (default): on this host, the fastest wall time of a forward + backward + SGD step
+  of each window built by :func:`fedhet.core.quant.build_windowed_model` (real int8 before the
+  window), its counted training memory (see :mod:`fedhet.core.freeze`), and its upload bytes
+  (window parameters + buffers), each divided by the full window's value.
+
+``python -m fedhet.core.costs --model cnn_b --batch-size 32`` writes
+``fedhet/models/costs/cnn_b-b32.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fedhet.core.freeze import training_step
+from fedhet.core.quant import build_windowed_model, window_state_keys
+
+logger = logging.getLogger(__name__)
+
+COSTS_DIR = Path(__file__).resolve().parents[1] / "models" / "costs"
+GENERATORS = ("measured", "analytic")
+
+
+@dataclass
+class WindowCost:
+    """Costs of training the window ``(a, b)``, as fractions of full training (METHODS.md B7)."""
+
+    window: tuple[int, int]
+    time: float
+    data: float
+    memory: float
+
+
+def all_windows(num_units: int) -> list[tuple[int, int]]:
+    """Every contiguous window ``(a, b)``, ``0 <= a <= b < num_units``; n units give n(n+1)/2."""
+    return [(a, b) for a in range(num_units) for b in range(a, num_units)]
+
+
+def _units(model: nn.Module) -> nn.ModuleList:
+    units = getattr(model, "units", None)
+    if not isinstance(units, nn.ModuleList):
+        raise TypeError("model must expose its ordered units as `model.units` (nn.ModuleList)")
+    return units
+
+
+def unit_profile(
+    model: nn.Module, input_shape: Sequence[int]
+) -> tuple[list[float], list[float], list[float]]:
+    """Per-unit forward MACs F_u, parameter counts P_u and stored activations per sample A_u.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Model exposing ``model.units``.
+    input_shape : Sequence[int]
+        Shape of one sample, without the batch dimension, e.g. ``(1, 28, 28)``.
+
+    Returns
+    -------
+    tuple[list[float], list[float], list[float]]
+        ``(F, P, A)``, one entry per unit. F counts Conv2d/Linear multiply-accumulates; A counts
+        output elements of every leaf module of the unit.
+    """
+    units = _units(model)
+    flops = [0.0] * len(units)
+    acts = [0.0] * len(units)
+    params = [float(sum(p.numel() for p in unit.parameters())) for unit in units]
+    n = 2
+    handles = []
+
+    def hook(u: int, module: nn.Module, out: Any) -> None:
+        if not isinstance(out, Tensor):
+            return
+        per_sample = out.numel() / n
+        acts[u] += per_sample
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            flops[u] += per_sample * (module.in_channels // module.groups) * k
+        elif isinstance(module, nn.Linear):
+            flops[u] += per_sample * module.in_features
+
+    for u, unit in enumerate(units):
+        for module in unit.modules():
+            if next(module.children(), None) is None:
+                handles.append(
+                    module.register_forward_hook(
+                        lambda mod, _inp, out, u=u: hook(u, mod, out)  # type: ignore[misc]
+                    )
+                )
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(n, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return flops, params, acts
+
+
+def analytic_cost_table(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    int8_cost: float = 0.5,
+) -> list[WindowCost]:
+    """Cost table from the B7 formulas (METHODS.md B7; CoCoFL, arXiv 2203.05468, §4).
+
+    With q = ``int8_cost``, B = ``batch_size`` and F_u, P_u, A_u from :func:`unit_profile`:
+
+    * time = [q·Σ_{u<a}F_u + 3·Σ_{a≤u≤b}F_u + 2q·Σ_{u>b}F_u] / (3·Σ_u F_u)
+    * data = Σ_{a≤u≤b}P_u / Σ_u P_u
+    * memory = [Σ_{u∉[a,b]}P_u + 8·Σ_{a≤u≤b}P_u + B·(4·Σ_{a≤u≤b}A_u + Σ_{u>b}A_u)]
+      / [8·Σ_u P_u + 4B·Σ_u A_u]
+
+    Parameters
+    ----------
+    model : nn.Module
+        Model exposing ``model.units``.
+    input_shape : Sequence[int]
+        Shape of one sample, e.g. ``(1, 28, 28)``.
+    batch_size : int
+        Training batch size B.
+    int8_cost : float
+        Relative cost q of an int8 operation (``cocofl.int8-cost``).
+
+    Returns
+    -------
+    list[WindowCost]
+        One row per window, in :func:`all_windows` order.
+    """
+    flops, params, acts = unit_profile(model, input_shape)
+    q, bsz = int8_cost, batch_size
+    f_all, p_all, a_all = sum(flops), sum(params), sum(acts)
+    rows = []
+    for a, b in all_windows(len(flops)):
+        f_front, f_win, f_back = sum(flops[:a]), sum(flops[a : b + 1]), sum(flops[b + 1 :])
+        p_win = sum(params[a : b + 1])
+        a_win, a_back = sum(acts[a : b + 1]), sum(acts[b + 1 :])
+        time_frac = (q * f_front + 3 * f_win + 2 * q * f_back) / (3 * f_all)
+        memory = ((p_all - p_win) + 8 * p_win + bsz * (4 * a_win + a_back)) / (
+            8 * p_all + 4 * bsz * a_all
+        )
+        rows.append(WindowCost((a, b), time_frac, p_win / p_all, memory))
+    return rows
+
+
+def _state_bytes(model: nn.Module, keys: Sequence[str]) -> int:
+    state = model.state_dict()
+    return sum(state[k].numel() * state[k].element_size() for k in keys)
+
+
+def measured_cost_table(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    repeats: int = 5,
+    real_int8: bool = True,
+) -> list[WindowCost]:
+    """Cost table measured on this host (METHODS.md B7, generator ``measured``).
+
+    Every window is built with :func:`~fedhet.core.quant.build_windowed_model` (calibrated on a
+    random batch) and trained on random data: one warm-up step, one step with counted memory
+    (:func:`~fedhet.core.freeze.training_step`), then ``repeats`` timed forward + backward + SGD
+    steps, interleaved across windows so that load drift on the host hits all windows alike.
+    time = fastest step time / that of the full window (the minimum is the statistic least
+    disturbed by other processes on a shared host); memory = counted peak bytes / full
+    window's; data = window parameter + buffer bytes / full model's.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Model exposing ``model.units``; not modified.
+    input_shape : Sequence[int]
+        Shape of one sample, e.g. ``(1, 28, 28)``.
+    batch_size : int
+        Training batch size.
+    repeats : int
+        Timed steps per window (fastest taken).
+    real_int8 : bool
+        Real int8 kernels before the window (as deployed); ``False`` fakes them.
+
+    Returns
+    -------
+    list[WindowCost]
+        One row per window, in :func:`all_windows` order; the full window is exactly (1, 1, 1).
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    units = _units(model)
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *input_shape, generator=gen)
+    with torch.no_grad():
+        num_classes = model.eval()(x[:1]).shape[1]
+    y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+    windows = all_windows(len(units))
+    full_keys = list(model.state_dict())
+    full_bytes = _state_bytes(model, full_keys)
+
+    built = []
+    memory: dict[tuple[int, int], int] = {}
+    for window in windows:
+        wmodel = build_windowed_model(model, window, x, real_int8=real_int8)
+        opt = torch.optim.SGD([p for p in wmodel.parameters() if p.requires_grad], lr=1e-3)
+        training_step(wmodel, opt, x, y)
+        memory[window] = training_step(wmodel, opt, x, y, count_memory=True)[1]
+        built.append((window, wmodel, opt))
+
+    times: dict[tuple[int, int], list[float]] = {w: [] for w in windows}
+    for _ in range(repeats):
+        for window, wmodel, opt in built:
+            start = time.perf_counter()
+            training_step(wmodel, opt, x, y)
+            times[window].append(time.perf_counter() - start)
+
+    full = (0, len(units) - 1)
+    t_full = min(times[full])
+    rows = []
+    for window in windows:
+        data = _state_bytes(model, window_state_keys(model, window)) / full_bytes
+        rows.append(
+            WindowCost(
+                window,
+                min(times[window]) / t_full,
+                data,
+                memory[window] / memory[full],
+            )
+        )
+    logger.info("full-model step %.2f ms, %d counted bytes", 1e3 * t_full, memory[full])
+    return rows
+
+
+def save_cost_table(rows: Sequence[WindowCost], path: str | Path, meta: dict[str, Any]) -> None:
+    """Write a cost table as JSON ``{"meta": {...}, "rows": [{window, time, data, memory}, ...]}``.
+
+    ``meta`` should name the model, batch size, generator, torch version and cores.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "meta": meta,
+        "rows": [{**asdict(r), "window": list(r.window)} for r in rows],
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def load_cost_table(path: str | Path) -> list[WindowCost]:
+    """Read a cost table written by :func:`save_cost_table`."""
+    doc = json.loads(Path(path).read_text())
+    return [
+        WindowCost(
+            (int(r["window"][0]), int(r["window"][1])),
+            float(r["time"]),
+            float(r["data"]),
+            float(r["memory"]),
+        )
+        for r in doc["rows"]
+    ]
+
+
+def feasible_windows(
+    table: Sequence[WindowCost],
+    time_budget: float,
+    data_budget: float,
+    memory_budget: float,
+) -> list[WindowCost]:
+    """Maximal windows within all three budgets (METHODS.md B7).
+
+    Keeps rows with time ≤ T, data ≤ D and memory ≤ M, then drops every window strictly contained
+    in another kept window. Returns ``[]`` when nothing fits.
+
+    Parameters
+    ----------
+    table : Sequence[WindowCost]
+        Cost table rows.
+    time_budget, data_budget, memory_budget : float
+        Budgets T, D, M as fractions of full training.
+
+    Returns
+    -------
+    list[WindowCost]
+        The maximal feasible rows, in table order.
+    """
+    kept = [
+        r
+        for r in table
+        if r.time <= time_budget and r.data <= data_budget and r.memory <= memory_budget
+    ]
+
+    def strictly_inside(inner: tuple[int, int], outer: tuple[int, int]) -> bool:
+        return inner != outer and outer[0] <= inner[0] and inner[1] <= outer[1]
+
+    return [r for r in kept if not any(strictly_inside(r.window, o.window) for o in kept)]
+
+
+def default_cost_table_path(model_name: str, batch_size: int, generator: str = "measured") -> Path:
+    """Shipped table path ``fedhet/models/costs/{model}-b{batch}[-analytic].json``."""
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
+    suffix = "-analytic" if generator == "analytic" else ""
+    return COSTS_DIR / f"{model_name}-b{batch_size}{suffix}.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m fedhet.core.costs --model cnn_b --batch-size 32 [--generator ...]``."""
+    from fedhet.models import IMAGE_MODELS, build_model
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fedhet.core.costs", description="Write a CoCoFL cost table (METHODS.md B7)."
+    )
+    parser.add_argument("--model", required=True, choices=IMAGE_MODELS)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--generator", choices=GENERATORS, default="measured")
+    parser.add_argument("--repeats", type=int, default=30, help="timed steps per window")
+    parser.add_argument("--int8-cost", type=float, default=0.5, help="q for --generator analytic")
+    parser.add_argument("--fake-int8", action="store_true", help="measure with fake int8 only")
+    parser.add_argument("--input-shape", type=int, nargs=3, default=(1, 28, 28))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    model = build_model(args.model)
+    if args.generator == "analytic":
+        rows = analytic_cost_table(model, args.input_shape, args.batch_size, args.int8_cost)
+    else:
+        rows = measured_cost_table(
+            model, args.input_shape, args.batch_size, args.repeats, real_int8=not args.fake_int8
+        )
+    meta: dict[str, Any] = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "generator": args.generator,
+        "input_shape": list(args.input_shape),
+        "torch_version": torch.__version__,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if args.generator == "analytic":
+        meta["int8_cost"] = args.int8_cost
+    else:
+        meta.update(repeats=args.repeats, real_int8=not args.fake_int8)
+    out = args.out or default_cost_table_path(args.model, args.batch_size, args.generator)
+    save_cost_table(rows, out, meta)
+
+    print(f"{'window':>8} {'time':>7} {'data':>7} {'memory':>7}")
+    for r in rows:
+        print(f"{r.window[0]:>4}-{r.window[1]:<3} {r.time:7.3f} {r.data:7.3f} {r.memory:7.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""Shared benchmark harness: run registered methods in-process and write tables and plots.
+
+Methods run through :class:`fedhet.sim.LocalGrid` (the real ClientApp handlers and Messages, no Ray):
+on 2 cores a Ray cluster per method costs more than the training. Every run writes its normal run
+folder (``metrics.jsonl`` etc.) under ``benchmarks/results/raw/<bench>/<run>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedhet.config import default_run_config, parse_run_config
+from fedhet.methods import get_method
+from fedhet.server.run_dir import RunDir
+from fedhet.sim import LocalGrid, simulated_node_configs
+
+RESULTS = Path(__file__).resolve().parent / "results"
+log = logging.getLogger("benchmarks")
+
+
+def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Common flags: ``--quick`` (CI tier), ``--seeds``, ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small CI tier (a few minutes)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per method")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    return parser.parse_args(argv)
+
+
+def setup(threads: int = 1) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(threads)
+
+
+def run_method(
+    bench: str,
+    run_name: str,
+    method: str,
+    *,
+    num_nodes: int,
+    node_extra: list[dict[str, Any]] | None = None,
+    out: Path = RESULTS,
+    **config: Any,
+) -> list[dict[str, Any]]:
+    """Run ``method`` from scratch on ``num_nodes`` simulated devices; return the metrics lines."""
+    raw = default_run_config(method=method, run_name=run_name, output_dir=str(out / "raw" / bench),
+                             min_nodes=num_nodes)
+    for key, value in config.items():
+        raw[key if "." in key else key.replace("_", "-")] = value
+    cfg = parse_run_config(raw)
+    run_dir = out / "raw" / bench / run_name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    from client_app.app import app as client_app
+
+    node_cfgs = simulated_node_configs(num_nodes)
+    for cfg_i, extra in zip(node_cfgs, node_extra or [{}] * num_nodes, strict=True):
+        cfg_i.update(extra)
+    grid = LocalGrid(client_app, node_cfgs, raw)
+    strategy = get_method(method).strategy_cls(cfg, RunDir(run_dir))
+    start = time.time()
+    history = strategy.start(grid)
+    log.info("%s/%s finished in %.1f s", bench, run_name, time.time() - start)
+    return history
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-markdown table; floats with 4 significant decimals."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "–" if v is None else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mb(n_bytes: float) -> float:
+    return n_bytes / 1e6
+
+
+def plot_curves(
+    histories: dict[str, list[dict[str, Any]]],
+    path: Path,
+    *,
+    metric: str = "server-accuracy",
+    title: str = "",
+) -> None:
+    """Two panels: ``metric`` vs round and vs cumulative MB (up + down)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, hist in histories.items():
+        rounds = [h["round"] for h in hist]
+        values = [h.get(metric) for h in hist]
+        cum = [mb(h["cum-bytes-up"] + h["cum-bytes-down"]) for h in hist]
+        axes[0].plot(rounds, values, marker="o", ms=3, label=name)
+        axes[1].plot(cum, values, marker="o", ms=3, label=name)
+    axes[0].set_xlabel("round")
+    axes[1].set_xlabel("cumulative MB (up + down)")
+    for ax in axes:
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_result(out: Path, name: str, text: str, data: dict[str, Any]) -> Path:
+    """Write ``<name>.md`` and ``<name>.json`` (raw numbers) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+    path = out / f"{name}.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,201 @@
+"""The ``fedhet`` command: ``demo``, ``report``, ``methods``, ``profile-costs``.
+
+``fedhet demo`` runs ``flwr run .`` as a local simulation, shows progress from the run's
+``metrics.jsonl``, checks the run's final status with ``flwr ls --format json`` (``flwr run`` exits 0
+even when the run failed) and prints a per-round and per-device-class table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+
+OFFLINE_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def flwr_env(flwr_home: Path | None = None) -> dict[str, str]:
+    """Environment for ``flwr`` commands: offline settings and a project-local FLWR_HOME."""
+    env = dict(os.environ)
+    env.update(OFFLINE_ENV)
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    env.setdefault("FLWR_HOME", str(project_root() / ".flwr-home"))
+    # flower-superlink starts flower-superexec by name: the venv's scripts must be on PATH
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def flwr_bin() -> str:
+    candidate = Path(sys.executable).parent / "flwr"
+    return str(candidate) if candidate.exists() else "flwr"
+
+
+def run_status(run_id: int, env: dict[str, str]) -> str:
+    """``status`` of a run from ``flwr ls --format json`` (e.g. ``finished:completed``)."""
+    out = subprocess.run([flwr_bin(), "ls", "--run-id", str(run_id), "--format", "json"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    data = json.loads(out.stdout or "{}")
+    runs = data.get("runs", [])
+    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def wait_for_run(run_id: int, env: dict[str, str], metrics: Path, rounds: int,
+                 timeout: float = 3600) -> str:
+    """Poll until the run finishes, showing progress from ``metrics.jsonl``."""
+    deadline = time.time() + timeout
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("training", total=rounds)
+        while time.time() < deadline:
+            done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.exists() else 0
+            progress.update(task, completed=min(done, rounds))
+            status = run_status(run_id, env)
+            if status.startswith("finished"):
+                progress.update(task, completed=min(done, rounds))
+                return status
+            time.sleep(2)
+    return "timeout"
+
+
+def print_summary(run_dir: Path) -> None:
+    from fedhet.report import ROUND_HEADERS, per_class_accuracy, per_class_bytes, round_table
+
+    rows = json_lines(run_dir / "metrics.jsonl")
+    table = Table(title=f"run {run_dir.name}")
+    for h in ROUND_HEADERS:
+        table.add_column(h, justify="right")
+    for r in round_table(rows):
+        table.add_row(*r)
+    console.print(table)
+    acc, traffic = per_class_accuracy(rows), per_class_bytes(rows)
+    cls_table = Table(title="per device class (last round)")
+    for h in ("class", "acc (local)", "MB up/device/round", "MB down/device/round"):
+        cls_table.add_column(h, justify="right")
+    for c in sorted(traffic):
+        a = acc.get(c, [None])[-1]
+        cls_table.add_row(c, "–" if a is None else f"{100 * a:.2f}%", f"{traffic[c]['up']:.3f}",
+                          f"{traffic[c]['down']:.3f}")
+    console.print(cls_table)
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_simulation(overrides: str, *, nodes: int, run_dir: Path, rounds: int,
+                   timeout: float = 3600) -> tuple[str, int | None]:
+    """``flwr run`` this app on a fedhet-managed simulation SuperLink; return (status, run id)."""
+    from fedhet.simlink import CONNECTION, SimSuperLink
+
+    root = project_root()
+    link = SimSuperLink(Path(flwr_env()["FLWR_HOME"]), num_supernodes=nodes)
+    with link:
+        proc = subprocess.run([flwr_bin(), "run", str(root), CONNECTION, "--format", "json",
+                               *link.federation_config(), "-c", overrides], capture_output=True, text=True, env=link.env(),
+                              cwd=root, timeout=600)
+        try:
+            run_id = int(json.loads(proc.stdout)["run-id"])
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            console.print(f"[red]flwr run did not start a run[/]\n{proc.stdout}\n{proc.stderr}")
+            return "not-started", None
+        status = wait_for_run(run_id, link.env(), run_dir / "metrics.jsonl", rounds, timeout)
+        if status != "finished:completed":
+            logs = subprocess.run([flwr_bin(), "log", str(run_id), "--show"], capture_output=True,
+                                  text=True, env=link.env(), cwd=root, timeout=60)
+            console.print(logs.stdout[-6000:])
+        return status, run_id
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.output_dir).resolve()
+    run_name = args.run_name or time.strftime("demo-%Y%m%d-%H%M%S")
+    overrides = (f"method='{args.method}' num-server-rounds={args.rounds} output-dir='{out}' "
+                 f"run-name='{run_name}' min-nodes={args.nodes} local-steps={args.steps} "
+                 f"max-train-per-client={args.max_train} {args.config}").strip()
+    console.print(f"[bold]fedhet demo[/]: {args.method}, {args.nodes} simulated devices, "
+                  f"{args.rounds} rounds → {out / run_name}")
+    status, run_id = run_simulation(overrides, nodes=args.nodes, run_dir=out / run_name,
+                                    rounds=args.rounds)
+    console.print(f"run {run_id}: status [bold]{status}[/]")
+    if status != "finished:completed":
+        console.print("[red]the run did not complete[/]")
+        return 1
+    print_summary(out / run_name)
+    from fedhet.report import write_report
+
+    console.print(f"report: {write_report(out / run_name)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedhet.report import write_report
+
+    try:
+        path = write_report(args.run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    print_summary(Path(args.run_dir))
+    console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_methods(_: argparse.Namespace) -> int:
+    from fedhet.methods import METHODS
+
+    table = Table(title="registered methods")
+    table.add_column("name")
+    table.add_column("what it does")
+    for entry in METHODS.values():
+        table.add_row(entry.name, entry.summary)
+    console.print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedhet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run a local simulation with `flwr run .` and summarise it")
+    demo.add_argument("--method", default="fedavg")
+    demo.add_argument("--nodes", type=int, default=10)
+    demo.add_argument("--rounds", type=int, default=5)
+    demo.add_argument("--steps", type=int, default=20, help="local SGD steps per round")
+    demo.add_argument("--max-train", type=int, default=2000, help="training samples per device")
+    demo.add_argument("--output-dir", default="runs")
+    demo.add_argument("--run-name", default="")
+    demo.add_argument("--config", default="", help="extra run-config overrides 'k=v k2=v2'")
+    demo.set_defaults(func=cmd_demo)
+    report = sub.add_parser("report", help="write report.md and plots for a run folder")
+    report.add_argument("run_dir", type=Path)
+    report.set_defaults(func=cmd_report)
+    methods = sub.add_parser("methods", help="list registered methods")
+    methods.set_defaults(func=cmd_methods)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Device-side machinery shared by every method: context, data cache, training loops."""

@@ -1,0 +1,155 @@
+"""What a ClientApp handler needs, built once per process from Flower's ``Context``.
+
+In deployment a ClientApp may be a fresh process per message, so everything expensive is cached:
+parsed configs in-process, partitions on disk (``fedhet.data.federated``), and per-node files
+under :meth:`ClientContext.cache_dir`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from fedhet.config import ConfigError, RunConfig, parse_run_config
+from fedhet.plan import NodePlan, fleet_class
+from fedhet.profile import NodeSettings, parse_node_config
+
+log = logging.getLogger("fedhet.client")
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_run_config(raw_json: str) -> RunConfig:
+    return parse_run_config(json.loads(raw_json))
+
+
+@dataclass
+class ClientContext:
+    """Run config, node settings and lazily loaded data of one device."""
+
+    context: Context
+    run: RunConfig
+    node: NodeSettings
+
+    @classmethod
+    def from_context(cls, context: Context) -> ClientContext:
+        run = _cached_run_config(json.dumps(dict(context.run_config), sort_keys=True))
+        node = parse_node_config(dict(context.node_config))
+        if run.shared.num_partitions and node.partition_id is not None:
+            node = node.model_copy(update={"num_partitions": run.shared.num_partitions})
+            if node.partition_id is not None and node.partition_id >= run.shared.num_partitions:
+                raise ConfigError(
+                    f"partition-id {node.partition_id} >= run config 'num-partitions' "
+                    f"{run.shared.num_partitions}"
+                )
+        return cls(context, run, node)
+
+    # identity -----------------------------------------------------------------------------------
+    @property
+    def device_id(self) -> str:
+        if self.node.device_id:
+            return self.node.device_id
+        if self.node.partition_id is not None:
+            return f"partition-{self.node.partition_id}"
+        return f"node-{self.context.node_id}"
+
+    @property
+    def device_class(self) -> str:
+        if self.node.device_class:
+            return self.node.device_class
+        return fleet_class(self.run.shared.fleet, self.node.partition_id, self.node.num_partitions)
+
+    @property
+    def simulated(self) -> bool:
+        return self.node.partition_id is not None and self.node.data_path is None and not self.node.device_id
+
+    def cache_dir(self) -> Path:
+        root = Path(self.node.cache_dir).expanduser() if self.node.cache_dir else Path.home() / ".cache" / "fedhet"
+        path = root / "nodes" / self.run.shared.run_name / self.device_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # data ---------------------------------------------------------------------------------------
+    def data(self) -> Any:
+        """The device's ``ClientSplit`` (train + local test)."""
+        return _client_split(
+            self.run.shared.dataset, self.node.partition_id, self.node.num_partitions,
+            self.node.data_path, self.run.shared.partition, self.run.shared.dirichlet_alpha,
+            self.run.shared.pathological_k, self.run.shared.seed, self.run.shared.max_train_per_client,
+            self.run.shared.local_test_size,
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _client_split(dataset: str, partition_id: int | None, num_partitions: int | None,
+                  data_path: str | None, scheme: str, alpha: float, k: int, seed: int,
+                  max_train: int, local_test_size: int) -> Any:
+    from fedhet.data import federated_split
+
+    if data_path:
+        from fedhet.data.federated import ClientSplit
+        from fedhet.data.user import load_user_data
+
+        data = load_user_data(data_path)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(data))
+        n_test = min(max(1, len(data) // 5), local_test_size or len(data) // 5)
+        return ClientSplit(data.subset(np.sort(order[n_test:])), data.subset(np.sort(order[:n_test])), -1)
+    if partition_id is None or num_partitions is None:
+        raise ConfigError(
+            "node config needs 'partition-id' and 'num-partitions' (simulated split) or "
+            "'data-path' (the device's own data)"
+        )
+    return federated_split(
+        dataset, num_partitions, partition_id, scheme=scheme, alpha=alpha, k=k, seed=seed,
+        max_train=max_train, local_test_size=local_test_size,
+    )
+
+
+# message helpers -----------------------------------------------------------------------------------
+def arrays_of(msg: Message) -> dict[str, np.ndarray]:
+    rec = msg.content.array_records.get("arrays", ArrayRecord())
+    return {k: v.numpy() for k, v in rec.items()}
+
+
+def config_of(msg: Message) -> dict[str, Any]:
+    return dict(msg.content.config_records["config"]) if "config" in msg.content.config_records else {}
+
+
+def plan_of(msg: Message) -> NodePlan:
+    return NodePlan.from_json(str(config_of(msg)["plan"]))
+
+
+def state_to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
+
+
+def numpy_to_state(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+
+
+def reply_content(arrays: dict[str, np.ndarray] | None, metrics: dict[str, Any]) -> RecordDict:
+    """``{"arrays": ArrayRecord, "metrics": MetricRecord}`` (arrays omitted when None)."""
+    content: dict[str, Any] = {"metrics": MetricRecord(metrics)}
+    if arrays is not None:
+        content["arrays"] = ArrayRecord(
+            array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        )
+    return RecordDict(content)
+
+
+def infeasible_reply(reason: str) -> RecordDict:
+    """A device that cannot train this round (METHODS.md §2): empty arrays, metric ``infeasible``."""
+    log.info("cannot train this round: %s", reason)
+    return RecordDict({
+        "arrays": ArrayRecord(),
+        "metrics": MetricRecord({"infeasible": 1, "num-examples": 0, "train-loss": 0.0,
+                                 "train-seconds": 0.0}),
+    })

@@ -1,0 +1,203 @@
+"""Run configuration: Flower's flat run config parsed into pydantic models.
+
+Flower hands the ServerApp and every ClientApp a flat ``dict`` (``[tool.flwr.app.config]`` plus
+``flwr run -c "k=v"`` overrides). Shared keys have no prefix (``num-server-rounds``); a method's own
+keys are dotted (``fiarse.ladder`` from a ``[tool.flwr.app.config.fiarse]`` table). Every key is
+checked at start: an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`
+naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A run config, node config or device profile that fedhet cannot use."""
+
+
+def kebab(name: str) -> str:
+    """Field name → config key (``num_server_rounds`` → ``num-server-rounds``)."""
+    return name.replace("_", "-")
+
+
+class KebabModel(BaseModel):
+    """Base for fedhet config models: kebab-case keys, unknown keys rejected, validated on assignment."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=kebab, populate_by_name=True, validate_assignment=True
+    )
+
+
+DATASETS = ("fashion-mnist", "digits", "text-tasks")
+PARTITIONS = ("iid", "dirichlet", "balanced-dirichlet", "dirichlet-shards", "pathological")
+
+
+class SharedConfig(KebabModel):
+    """Keys every method understands (``[tool.flwr.app.config]``)."""
+
+    method: str = Field("fedavg", description="Registered method name, see `fedhet methods`.")
+    num_server_rounds: int = Field(3, ge=1, description="Federated rounds.")
+    dataset: Literal["fashion-mnist", "digits", "text-tasks"] = Field(
+        "fashion-mnist", description="Simulation/partitioned dataset."
+    )
+    model: str = Field("cnn_s", description="Model name (see fedhet.models).")
+    partition: Literal[
+        "iid", "dirichlet", "balanced-dirichlet", "dirichlet-shards", "pathological"
+    ] = Field("dirichlet", description="Partitioner for `partition-id` nodes.")
+    dirichlet_alpha: float = Field(0.5, gt=0, description="Dirichlet concentration α.")
+    pathological_k: int = Field(2, ge=1, description="Classes per client, pathological split.")
+    num_partitions: int = Field(
+        0, ge=0, description="Override the node's `num-partitions` (0: use the node config)."
+    )
+    max_train_per_client: int = Field(0, ge=0, description="Cap on training samples (0: none).")
+    local_test_size: int = Field(500, ge=0, description="Local test set size per client.")
+    fleet: str = Field(
+        "three-tier",
+        description="Device classes by partition id: `three-tier`, `uniform`, or a JSON list/object.",
+    )
+    fraction_train: float = Field(1.0, gt=0, le=1, description="Share of nodes sampled per round.")
+    fraction_evaluate: float = Field(1.0, ge=0, le=1, description="Share of nodes evaluated.")
+    min_nodes: int = Field(2, ge=1, description="Nodes to wait for before a round starts.")
+    round_timeout: float = Field(600.0, gt=0, description="Seconds to wait for replies per round.")
+    local_epochs: int = Field(1, ge=0, description="Local epochs (ignored when local-steps > 0).")
+    local_steps: int = Field(0, ge=0, description="Local SGD steps per round (0: use epochs).")
+    batch_size: int = Field(32, ge=1, description="Local batch size.")
+    lr: float = Field(0.05, gt=0, description="Local learning rate.")
+    seed: int = Field(0, description="Run seed; every draw derives from it.")
+    output_dir: str = Field("", description="Where run folders go ('' → $FEDHET_OUTPUT_DIR or ~/.fedhet/runs).")
+    run_name: str = Field("fedhet-run", description="Run folder name; a rerun with it resumes.")
+    profile_bench: bool = Field(True, description="Run the short compute benchmark in profiles.")
+    server_eval: bool = Field(True, description="Evaluate the global model on the global test set.")
+    ref_bench_ms: float = Field(0.0, ge=0, description="Reference device step time (0: fastest).")
+    upload_window_s: float = Field(10.0, gt=0, description="Seconds of upload a round allows.")
+    profile_source: Literal["declared", "measured"] = Field(
+        "declared", description="Budget source priority (METHODS.md §2)."
+    )
+    checkpoint_every: int = Field(1, ge=1, description="Write a checkpoint every n rounds.")
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (max 100), starting alnum")
+        return v
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet(cls, v: str) -> str:
+        if v in ("three-tier", "uniform"):
+            return v
+        try:
+            json.loads(v)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"use 'three-tier', 'uniform' or a JSON table ({exc})") from None
+        return v
+
+    def resolved_output_dir(self) -> Path:
+        """Absolute folder for run folders."""
+        raw = self.output_dir or os.environ.get("FEDHET_OUTPUT_DIR", "")
+        return Path(raw).expanduser().resolve() if raw else Path.home() / ".fedhet" / "runs"
+
+
+class RunConfig(BaseModel):
+    """A parsed run config: the shared keys and the chosen method's own settings."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    shared: SharedConfig
+    method: BaseModel
+    raw: dict[str, Any]
+
+    def method_as(self, cls: type[BaseModel]) -> Any:
+        """The method settings, checked to be of ``cls``."""
+        if not isinstance(self.method, cls):
+            raise TypeError(f"method config is {type(self.method).__name__}, not {cls.__name__}")
+        return self.method
+
+
+def _format_errors(exc: ValidationError, prefix: str, values: Mapping[str, Any]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        full = f"{prefix}{key}"
+        got = values.get(key, err.get("input"))
+        lines.append(f"  '{full}' = {got!r}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def validate_model(cls: type[BaseModel], values: Mapping[str, Any], prefix: str, what: str) -> Any:
+    """Validate ``values`` with ``cls``, raising :class:`ConfigError` that names every bad key."""
+    try:
+        return cls.model_validate(dict(values))
+    except ValidationError as exc:
+        allowed = ", ".join(f"'{prefix}{kebab(n)}'" for n in cls.model_fields)
+        raise ConfigError(
+            f"invalid {what}:\n{_format_errors(exc, prefix, values)}\n  allowed keys: {allowed}"
+        ) from None
+
+
+def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Parse Flower's flat run config.
+
+    Every method's table is validated (a typo in any method's keys fails), and the chosen
+    method's settings are returned in :attr:`RunConfig.method`.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key, an unknown method, a wrong type or an out-of-range value.
+    """
+    from fedhet.methods import METHODS, get_method  # late: methods import this module
+
+    shared_keys = {kebab(n) for n in SharedConfig.model_fields}
+    shared_raw: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {}
+    unknown: list[str] = []
+    for key, value in raw.items():
+        if key in shared_keys:
+            shared_raw[key] = value
+        elif "." in key and key.split(".", 1)[0] in METHODS:
+            prefix, sub = key.split(".", 1)
+            tables.setdefault(prefix, {})[sub] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConfigError(
+            f"unknown run-config key(s): {', '.join(repr(k) for k in sorted(unknown))}. "
+            f"Shared keys: {', '.join(sorted(shared_keys))}. Method keys are '<method>.<key>' "
+            f"with <method> one of: {', '.join(METHODS)}."
+        )
+    shared = validate_model(SharedConfig, shared_raw, "", "run config")
+    if shared.method not in METHODS:
+        raise ConfigError(
+            f"invalid run config: 'method' = {shared.method!r}; allowed: {', '.join(METHODS)}"
+        )
+    parsed: dict[str, BaseModel] = {}
+    for name in METHODS:
+        if name in tables or name == shared.method:
+            parsed[name] = validate_model(
+                get_method(name).config_cls, tables.get(name, {}), f"{name}.", f"'{name}' settings"
+            )
+    return RunConfig(shared=shared, method=parsed[shared.method], raw=dict(raw))
+
+
+def default_run_config(**overrides: Any) -> dict[str, Any]:
+    """Flower-style flat run config with every shared default, plus ``overrides``.
+
+    Keyword names may use underscores (``num_server_rounds=2``) or be passed as a dict with
+    kebab/dotted keys (``**{"fiarse.ladder": "0.25,1"}``).
+    """
+    raw: dict[str, Any] = {
+        kebab(name): field.default for name, field in SharedConfig.model_fields.items()
+    }
+    for key, value in overrides.items():
+        raw[key if "." in key else kebab(key)] = value
+    return raw

@@ -1,0 +1,109 @@
+"""Aggregation rules (METHODS.md B2).
+
+Every rule takes the current global tensors ``base`` and, per contributing device, its tensors, a
+weight and (for masked rules) the mask of coordinates it holds. Tensors are NumPy arrays keyed by
+state-dict name. ``num_batches_tracked`` counters are never averaged: they keep the base value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SKIP_SUFFIXES = ("num_batches_tracked",)
+
+
+@dataclass
+class Contribution:
+    """One device's upload, as absolute tensors (uploads of differences are converted first).
+
+    ``masks`` maps tensor name → boolean holder mask (same shape) or ``True`` for the whole tensor;
+    a tensor missing from ``tensors`` is not held.
+    """
+
+    tensors: Mapping[str, np.ndarray]
+    weight: float = 1.0
+    masks: Mapping[str, np.ndarray | bool] = field(default_factory=dict)
+
+    def holder_mask(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Boolean mask of the coordinates of ``name`` this device holds."""
+        if name not in self.tensors:
+            return np.zeros(shape, dtype=bool)
+        m = self.masks.get(name, True)
+        if isinstance(m, bool | np.bool_):
+            return np.full(shape, bool(m))
+        return np.asarray(m, dtype=bool)
+
+
+def _skip(name: str) -> bool:
+    return name.endswith(SKIP_SUFFIXES)
+
+
+def weighted_mean(contribs: Sequence[Contribution], base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``plain``: x ← Σ_i w_i x_i / Σ_i w_i; every contributor must hold every tensor.
+
+    Raises
+    ------
+    ValueError
+        If there is no contribution, the weights sum to zero, or a contributor lacks a tensor.
+    """
+    if not contribs:
+        raise ValueError("weighted_mean needs at least one contribution")
+    total = float(sum(c.weight for c in contribs))
+    if total <= 0:
+        raise ValueError("weighted_mean: contribution weights sum to zero")
+    out: dict[str, np.ndarray] = {}
+    for name, ref in base.items():
+        if _skip(name):
+            out[name] = np.array(ref, copy=True)
+            continue
+        acc = np.zeros(ref.shape, dtype=np.float64)
+        for i, c in enumerate(contribs):
+            if name not in c.tensors:
+                raise ValueError(f"plain aggregation: contribution {i} lacks tensor {name!r}")
+            acc += c.weight * np.asarray(c.tensors[name], dtype=np.float64)
+        out[name] = (acc / total).astype(ref.dtype)
+    return out
+
+
+def masked_mean(
+    contribs: Sequence[Contribution],
+    base: Mapping[str, np.ndarray],
+    *,
+    mode: str = "holders",
+    server_lr: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Masked averaging of updates u_i = x_i − x (METHODS.md B2).
+
+    ``holders``: x_j ← x_j + η_g · Σ_{i: j∈H_i} w_i u_ij / Σ_{i: j∈H_i} w_i; coordinates nobody holds
+    stay unchanged (FIARSE, HeteroFL, FedRolex).
+
+    ``zero-fill``: x_j ← x_j + η_g · Σ_{i: j∈H_i} w_i u_ij / Σ_{i∈S} w_i; a device that did not train
+    a coordinate counts as a zero update (CoCoFL: w_l ← w_l + (1/|S|) Σ_{i∈S_l}(w_{l,i} − w_l)).
+    """
+    if mode not in ("holders", "zero-fill"):
+        raise ValueError(f"unknown masked_mean mode {mode!r}; use holders or zero-fill")
+    out: dict[str, np.ndarray] = {}
+    total_weight = float(sum(c.weight for c in contribs))
+    for name, ref in base.items():
+        x = np.asarray(ref)
+        if _skip(name) or not contribs:
+            out[name] = np.array(x, copy=True)
+            continue
+        num = np.zeros(x.shape, dtype=np.float64)
+        den = np.zeros(x.shape, dtype=np.float64)
+        for c in contribs:
+            if name not in c.tensors:
+                continue
+            held = c.holder_mask(name, x.shape)
+            upd = np.asarray(c.tensors[name], dtype=np.float64) - x
+            num += np.where(held, c.weight * upd, 0.0)
+            den += np.where(held, c.weight, 0.0)
+        if mode == "holders":
+            step = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+        else:
+            step = num / total_weight if total_weight > 0 else np.zeros_like(num)
+        out[name] = (x + server_lr * step).astype(x.dtype)
+    return out

@@ -1,0 +1,79 @@
+"""Method registry: every method (and baseline) registered by name, imported lazily.
+
+A method is a folder ``fedhet/methods/<name>/`` with ``config.py`` (a pydantic settings model),
+``strategy.py`` (a :class:`~fedhet.server.strategy.FedhetStrategy` subclass) and ``client.py``
+(``train(msg, ctx)`` and ``evaluate(msg, ctx)`` returning reply content). Registering a new method
+is one entry here; nothing else changes. Entries are ``module:attribute`` strings so that parsing a
+run config never imports torch-heavy or transformers-heavy method code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cached_property
+from types import ModuleType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """Where a registered method's parts live."""
+
+    name: str
+    config: str
+    strategy: str
+    client: str
+    summary: str
+    default_dataset: str = "fashion-mnist"
+    default_model: str = "cnn_s"
+    #: Run-config overrides the method matrix tests use (tiny, data-package-free settings).
+    test_overrides: tuple[tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def _load(spec: str) -> Any:
+        module, _, attr = spec.partition(":")
+        mod = importlib.import_module(module)
+        return getattr(mod, attr) if attr else mod
+
+    @cached_property
+    def config_cls(self) -> Any:
+        return self._load(self.config)
+
+    @cached_property
+    def strategy_cls(self) -> Any:
+        return self._load(self.strategy)
+
+    @cached_property
+    def client_module(self) -> ModuleType:
+        return self._load(self.client)
+
+
+def _entry(name: str, package: str, prefix: str, summary: str, **kw: Any) -> MethodEntry:
+    base = f"fedhet.methods.{package}"
+    return MethodEntry(
+        name=name,
+        config=f"{base}.config:{prefix}Config",
+        strategy=f"{base}.strategy:{prefix}Strategy",
+        client=f"{base}.client",
+        summary=summary,
+        **kw,
+    )
+
+
+METHODS: dict[str, MethodEntry] = {
+    e.name: e
+    for e in [
+        _entry("fedavg", "fedavg", "FedAvg", "FedAvg: every device trains the full model."),
+        _entry("fedavg-drop", "fedavg", "FedAvgDrop",
+               "FedAvg that leaves out devices whose budget cannot do full training."),
+    ]
+}
+
+
+def get_method(name: str) -> MethodEntry:
+    """The registered method ``name``; a ValueError lists the known names."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(METHODS)}") from None

@@ -1,0 +1,50 @@
+"""FedAvg device side: train the received full model, evaluate it on the local test set."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Message, RecordDict
+
+from fedhet.client.runtime import (
+    ClientContext,
+    arrays_of,
+    config_of,
+    numpy_to_state,
+    reply_content,
+    state_to_numpy,
+)
+from fedhet.client.training import evaluate_model, num_local_steps, train_sgd
+from fedhet.core.seeding import derive_seed
+from fedhet.methods.fedavg.config import FedAvgConfig
+from fedhet.models import build_model
+
+
+def _model(ctx: ClientContext, msg: Message, num_classes: int) -> torch.nn.Module:
+    model = build_model(ctx.run.shared.model, num_classes=num_classes)
+    model.load_state_dict(numpy_to_state(arrays_of(msg)))
+    return model
+
+
+def train(msg: Message, ctx: ClientContext) -> RecordDict:
+    """Local SGD on the full model; upload the full model."""
+    shared = ctx.run.shared
+    mcfg: FedAvgConfig = ctx.run.method  # type: ignore[assignment]
+    split = ctx.data()
+    server_round = int(config_of(msg)["server-round"])
+    model = _model(ctx, msg, split.train.num_classes)
+    steps = num_local_steps(len(split.train), shared.batch_size, shared.local_epochs, shared.local_steps)
+    batches = split.train.sample_batches(
+        shared.batch_size, steps, seed=derive_seed(shared.seed, ctx.device_id, server_round, "batches")
+    )
+    metrics = train_sgd(model, batches, lr=shared.lr, momentum=mcfg.momentum,
+                        weight_decay=mcfg.weight_decay)
+    metrics["num-examples"] = len(split.train)
+    return reply_content(state_to_numpy(model.state_dict()), metrics)
+
+
+def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
+    """Accuracy of the received model on the device's local test set."""
+    split = ctx.data()
+    model = _model(ctx, msg, split.test.num_classes)
+    correct, total, loss = evaluate_model(model, split.test)
+    return reply_content(None, {"num-examples": total, "eval-correct": correct, "eval-loss": loss})

@@ -1,0 +1,177 @@
+"""From device profiles to per-device plans (METHODS.md §2).
+
+A :class:`Budget` holds T (time), M (memory) and the upload range [D_min, D_max], each a fraction of
+full training of the run's model on the reference device within the round deadline. A
+:class:`NodePlan` is the budget plus the method's knobs (``knobs``), fixed for the run once the
+device registers; only the upload draw D_t ~ U(D_min, D_max) changes per round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from fedhet.config import ConfigError, KebabModel, SharedConfig
+from fedhet.core.seeding import rng
+from fedhet.profile import DeviceProfile
+
+log = logging.getLogger(__name__)
+
+#: Standard simulated fleet (METHODS.md §2; CoCoFL official code): (T, M, D_min, D_max).
+CLASS_BUDGETS: dict[str, tuple[float, float, float, float]] = {
+    "strong": (1.0, 1.0, 1.0, 1.0),
+    "medium": (0.66, 0.66, 0.5, 1.0),
+    "weak": (0.33, 0.33, 0.5, 1.0),
+}
+
+
+class Budget(KebabModel):
+    """Fractions of full training a device can afford."""
+
+    time: float = Field(gt=0, le=1)
+    memory: float = Field(gt=0, le=1)
+    upload_min: float = Field(gt=0, le=1)
+    upload_max: float = Field(gt=0, le=1)
+    source: str = "class-table"
+
+    @model_validator(mode="after")
+    def _order(self) -> Budget:
+        if self.upload_min > self.upload_max:
+            raise ValueError("upload-min must be <= upload-max")
+        return self
+
+    @property
+    def is_full(self) -> bool:
+        """True when the device can do full training (T = M = D = 1)."""
+        return min(self.time, self.memory, self.upload_min) >= 1.0
+
+    @property
+    def scalar(self) -> float:
+        """min(T, M, D_min): the single size knob most methods map from."""
+        return min(self.time, self.memory, self.upload_min)
+
+    def upload_draw(self, seed: int, device_id: str, server_round: int) -> float:
+        """D_t ~ U(D_min, D_max), seeded by (run, device, round) (METHODS.md §2, §6.2)."""
+        if self.upload_min == self.upload_max:
+            return self.upload_max
+        return float(rng(seed, device_id, server_round, "upload").uniform(self.upload_min, self.upload_max))
+
+
+class NodePlan(KebabModel):
+    """The server's plan for one device, sent in its train config as JSON."""
+
+    node_id: int
+    device_id: str
+    device_class: str
+    budget: Budget
+    participate: bool = True
+    reason: str = ""
+    knobs: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> NodePlan:
+        return cls.model_validate_json(raw)
+
+
+def fleet_class(fleet: str, partition_id: int | None, num_partitions: int | None) -> str:
+    """Device class that the simulated ``fleet`` assigns to a partition id.
+
+    ``three-tier``: first round(0.33·N) strong, next round(0.33·N) medium, the rest weak.
+    ``uniform``: all strong. A JSON list cycles over partition ids (``["strong", "weak"]``); a JSON
+    object gives shares in the order of its keys (``{"strong": 0.5, "weak": 0.5}``).
+    """
+    if partition_id is None or num_partitions is None:
+        return "strong"
+    n, i = num_partitions, partition_id
+    if fleet == "uniform":
+        return "strong"
+    if fleet == "three-tier":
+        n_strong = round(0.33 * n)
+        n_medium = round(0.33 * n)
+        return "strong" if i < n_strong else "medium" if i < n_strong + n_medium else "weak"
+    table = json.loads(fleet)
+    if isinstance(table, list) and table:
+        cls = table[i % len(table)]
+    elif isinstance(table, dict) and table:
+        total = sum(float(v) for v in table.values())
+        edge, cls = 0.0, list(table)[-1]
+        for name, share in table.items():
+            edge += float(share) / total * n
+            if i < round(edge):
+                cls = name
+                break
+    else:
+        raise ConfigError(f"invalid run config: 'fleet' = {fleet!r}: empty table")
+    if cls not in CLASS_BUDGETS and cls != "custom":
+        raise ConfigError(
+            f"invalid run config: 'fleet' names class {cls!r}; allowed: strong, medium, weak, custom"
+        )
+    return str(cls)
+
+
+@dataclass
+class FleetReference:
+    """What budgets are relative to: full-training costs of the run's model and the fastest device."""
+
+    full_update_bytes: int
+    full_train_memory_bytes: int
+    reference_bench_ms: float | None = None
+
+
+def _measured(profile: DeviceProfile, shared: SharedConfig, ref: FleetReference) -> dict[str, float]:
+    out: dict[str, float] = {}
+    bench_ref = shared.ref_bench_ms or ref.reference_bench_ms
+    if profile.bench_ms and bench_ref:
+        out["time"] = min(1.0, bench_ref / profile.bench_ms)
+    if ref.full_train_memory_bytes > 0:
+        out["memory"] = min(1.0, profile.mem_avail_bytes / ref.full_train_memory_bytes)
+    if profile.bandwidth_mbps and ref.full_update_bytes > 0:
+        sendable = profile.bandwidth_mbps * 1e6 / 8 * shared.upload_window_s
+        out["upload"] = min(1.0, sendable / ref.full_update_bytes)
+    return {k: max(v, 1e-3) for k, v in out.items()}
+
+
+def budget_for(profile: DeviceProfile, shared: SharedConfig, ref: FleetReference) -> Budget:
+    """T, M, D for one device (METHODS.md §2 "Budgets").
+
+    With ``profile-source=declared`` each comes from the first available of (1) an explicit
+    fraction in the node config, (2) the device-class table, (3) measurement; ``measured`` puts (3)
+    first. Simulated devices share one host, so their measurements are ignored.
+    """
+    explicit = {
+        "time": profile.time_frac,
+        "memory": profile.mem_frac,
+        "upload_min": profile.upload_min,
+        "upload_max": profile.upload_max,
+    }
+    table = CLASS_BUDGETS.get(profile.device_class)
+    klass = dict(zip(("time", "memory", "upload_min", "upload_max"), table, strict=True)) if table else {}
+    measured = {} if profile.simulated else _measured(profile, shared, ref)
+    if "upload" in measured:
+        measured["upload_min"] = measured["upload_max"] = measured.pop("upload")
+    named = [("declared", explicit), ("class-table", klass), ("measured", measured)]
+    if shared.profile_source == "measured":
+        named = [named[2], named[0], named[1]]
+    values: dict[str, float] = {}
+    sources: set[str] = set()
+    for key in ("time", "memory", "upload_min", "upload_max"):
+        for name, src in named:
+            if src.get(key) is not None:
+                values[key] = float(src[key])  # type: ignore[arg-type]
+                sources.add(name)
+                break
+        else:
+            values[key] = 1.0
+            sources.add("default")
+    if profile.upload_min is not None and profile.upload_max is None:
+        values["upload_max"] = max(values["upload_max"], values["upload_min"])
+    if values["upload_min"] > values["upload_max"]:
+        values["upload_min"] = values["upload_max"]
+    return Budget(**values, source="+".join(sorted(sources)))

@@ -1,0 +1,216 @@
+"""Device profiles: what a device measures and declares when it registers (METHODS.md §2).
+
+The ClientApp answers the server's ``query.profile`` message with a :class:`DeviceProfile`. Measured
+fields come from the OS as the process really sees it (CPU affinity and cgroup CPU quota, cgroup
+memory limit) and a short compute micro-benchmark; declared fields come from ``--node-config``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+from pydantic import Field, model_validator
+
+from fedhet.config import ConfigError, KebabModel, kebab, validate_model
+
+log = logging.getLogger(__name__)
+
+DEVICE_CLASSES = ("strong", "medium", "weak", "custom")
+
+
+class NodeSettings(KebabModel):
+    """What only the device knows: its ``--node-config`` (simulation adds partition-id/num-partitions)."""
+
+    partition_id: int | None = Field(None, ge=0, description="Partition of the run's dataset.")
+    num_partitions: int | None = Field(None, ge=1, description="Number of partitions.")
+    device_id: str | None = Field(None, min_length=1, max_length=128, description="Stable id.")
+    device_class: Literal["strong", "medium", "weak", "custom"] | None = None
+    bandwidth_mbps: float | None = Field(None, gt=0, le=1e6)
+    memory_mb: float | None = Field(None, gt=0, description="Declared memory available to training.")
+    time_frac: float | None = Field(None, gt=0, le=1)
+    mem_frac: float | None = Field(None, gt=0, le=1)
+    upload_min: float | None = Field(None, gt=0, le=1)
+    upload_max: float | None = Field(None, gt=0, le=1)
+    availability: float = Field(1.0, gt=0, le=1)
+    tasks: str | None = Field(None, description="Comma-separated local task names.")
+    arch: str | None = None
+    data_path: str | None = None
+    cache_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> NodeSettings:
+        if self.partition_id is not None and self.num_partitions is not None:
+            if self.partition_id >= self.num_partitions:
+                raise ValueError(
+                    f"partition-id {self.partition_id} must be < num-partitions {self.num_partitions}"
+                )
+        if self.upload_min and self.upload_max and self.upload_min > self.upload_max:
+            raise ValueError("upload-min must be <= upload-max")
+        if self.data_path is not None and not Path(self.data_path).expanduser().exists():
+            raise ValueError(f"data-path {self.data_path!r} does not exist")
+        return self
+
+    @property
+    def task_list(self) -> list[str]:
+        return [t.strip() for t in (self.tasks or "").split(",") if t.strip()]
+
+
+def parse_node_config(raw: dict[str, Any]) -> NodeSettings:
+    """Validate a node config; unknown keys and bad values raise :class:`ConfigError`."""
+    return validate_model(NodeSettings, raw, "", "node config (--node-config)")
+
+
+class DeviceProfile(KebabModel):
+    """A device's registration record. Sent as a flat ConfigRecord; ``None`` fields are omitted."""
+
+    device_id: str = Field(min_length=1, max_length=128)
+    device_class: Literal["strong", "medium", "weak", "custom"]
+    simulated: bool = False
+    partition_id: int | None = Field(None, ge=0)
+    num_partitions: int | None = Field(None, ge=1)
+    time_frac: float | None = Field(None, gt=0, le=1)
+    mem_frac: float | None = Field(None, gt=0, le=1)
+    upload_min: float | None = Field(None, gt=0, le=1)
+    upload_max: float | None = Field(None, gt=0, le=1)
+    bandwidth_mbps: float | None = Field(None, gt=0, le=1e6)
+    memory_mb: float | None = Field(None, gt=0, le=1e8)
+    arch: str | None = None
+    n_tasks: int = Field(0, ge=0, le=10_000)
+    has_data_path: bool = False
+    availability: float = Field(1.0, gt=0, le=1)
+    cores: float = Field(gt=0, le=4096)
+    mem_total_bytes: int = Field(gt=0)
+    mem_avail_bytes: int = Field(gt=0)
+    bench_ms: float | None = Field(None, gt=0, le=600_000)
+    bench_model: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DeviceProfile:
+        if self.mem_avail_bytes > self.mem_total_bytes:
+            raise ValueError("mem-avail-bytes exceeds mem-total-bytes")
+        if self.upload_min and self.upload_max and self.upload_min > self.upload_max:
+            raise ValueError("upload-min must be <= upload-max")
+        return self
+
+    def to_record(self) -> dict[str, Any]:
+        """Flat dict of scalars for a ConfigRecord (``None`` omitted)."""
+        return {k: v for k, v in self.model_dump(by_alias=True).items() if v is not None}
+
+
+def parse_profile(raw: dict[str, Any]) -> DeviceProfile:
+    """Validate a profile received from a device; raises :class:`ConfigError` with the reason."""
+    return validate_model(DeviceProfile, raw, "", "device profile")
+
+
+def _cgroup_cpu_limit() -> float | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _cgroup_mem_limit() -> int | None:
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:
+            return int(raw)
+    return None
+
+
+def measure_cores() -> float:
+    """CPU cores this process may use: affinity, capped by a cgroup CPU quota."""
+    cores = float(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else float(
+        os.cpu_count() or 1
+    )
+    quota = _cgroup_cpu_limit()
+    return min(cores, quota) if quota else cores
+
+
+def measure_memory() -> tuple[int, int]:
+    """``(total, available)`` bytes, capped by a cgroup memory limit."""
+    vm = psutil.virtual_memory()
+    total, avail = int(vm.total), int(vm.available)
+    limit = _cgroup_mem_limit()
+    if limit:
+        try:
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        except (OSError, ValueError):
+            used = 0
+        total = min(total, limit)
+        avail = min(avail, max(1, limit - used))
+    return total, max(1, min(avail, total))
+
+
+def bench_step_ms(model_name: str, batch_size: int, repeats: int = 5) -> float:
+    """Median ms of one fwd+bwd+SGD step of ``model_name`` on a synthetic batch (1 warm-up).
+
+    Text models are benchmarked through the image CNN ``cnn_s`` as a compute probe.
+    """
+    import torch
+
+    from fedhet.models import IMAGE_MODELS, build_model
+
+    name = model_name if model_name in IMAGE_MODELS else "cnn_s"
+    torch.manual_seed(0)
+    model = build_model(name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(batch_size, 1, 28, 28)
+    y = torch.randint(0, 10, (batch_size,))
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i:
+            times.append((time.perf_counter() - start) * 1000)
+    return float(statistics.median(times))
+
+
+def build_profile(
+    node: NodeSettings,
+    *,
+    fallback_device_id: str,
+    device_class: str,
+    simulated: bool,
+    bench_model: str | None,
+    batch_size: int,
+) -> DeviceProfile:
+    """Measure this device and combine it with its declared node config."""
+    total, avail = measure_memory()
+    if node.memory_mb:
+        avail = min(avail, int(node.memory_mb * 1e6))
+    bench = bench_step_ms(bench_model, batch_size) if bench_model else None
+    fields: dict[str, Any] = {
+        "device-id": node.device_id or fallback_device_id,
+        "device-class": node.device_class or device_class,
+        "simulated": simulated,
+        "cores": measure_cores(),
+        "mem-total-bytes": total,
+        "mem-avail-bytes": avail,
+        "n-tasks": len(node.task_list),
+        "has-data-path": node.data_path is not None,
+        "availability": node.availability,
+    }
+    for name in ("partition_id", "num_partitions", "time_frac", "mem_frac", "upload_min",
+                 "upload_max", "bandwidth_mbps", "memory_mb", "arch"):
+        value = getattr(node, name)
+        if value is not None:
+            fields[kebab(name)] = value
+    if bench is not None and math.isfinite(bench):
+        fields["bench-ms"] = bench
+        fields["bench-model"] = bench_model
+    return parse_profile(fields)

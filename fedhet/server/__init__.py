@@ -1,0 +1,1 @@
+"""Server-side machinery shared by every method: registration, plans, ledger, checkpoints, metrics."""

@@ -1,0 +1,612 @@
+"""The base strategy every fedhet method extends (DESIGN.md "One round, as messages").
+
+:class:`FedhetStrategy` is a ``flwr.serverapp.strategy.FedAvg`` subclass. It keeps the Flower hooks
+(``configure_train``, ``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``) and adds
+what a fleet of unequal devices needs:
+
+* **registration**: before every round, nodes not seen before get a ``query.profile`` message; their
+  :class:`~fedhet.profile.DeviceProfile` becomes a :class:`~fedhet.plan.NodePlan`;
+* **per-node messages**: each sampled node gets its own payload (submodels, windows, adapters);
+* **validation**: every reply is checked (names, shapes, dtypes, finite values, metrics) and a bad
+  one is dropped with a logged reason;
+* **byte ledger**: bytes of every message both ways, per node and round, from what is serialised;
+* **outputs**: ``metrics.jsonl`` per round, ``plans.jsonl``, ``profiles.json`` and checkpoints, and
+  **resume** from the last checkpoint when a run with the same name is started again.
+
+A method overrides the small hooks below (``train_payload``, ``expected_reply``, ``aggregate`` …)
+rather than the Flower hooks; the base class stays the only place that talks to the Grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedhet.config import ConfigError, RunConfig
+from fedhet.core.aggregate import Contribution, weighted_mean
+from fedhet.core.seeding import derive_seed, rng
+from fedhet.plan import Budget, FleetReference, NodePlan, budget_for
+from fedhet.profile import DeviceProfile, parse_profile
+from fedhet.server.run_dir import RunDir
+from fedhet.server.validate import ArraySpec, ReplyError, spec_of, validate_arrays, validate_train_metrics
+
+log = logging.getLogger("fedhet")
+
+QUERY_PROFILE = "query.profile"
+REGISTRATION_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Node:
+    """A registered device."""
+
+    node_id: int
+    profile: DeviceProfile
+    plan: NodePlan
+
+    @property
+    def device_id(self) -> str:
+        return self.profile.device_id
+
+
+@dataclass
+class Reply:
+    """A validated train reply."""
+
+    node: Node
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+    num_examples: int
+
+
+@dataclass
+class RoundLog:
+    """What one round records for ``metrics.jsonl``."""
+
+    server_round: int
+    started: float = field(default_factory=time.time)
+    nodes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def node(self, node: Node) -> dict[str, Any]:
+        return self.nodes.setdefault(
+            node.node_id,
+            {
+                "node-id": node.node_id,
+                "device-id": node.device_id,
+                "device-class": node.profile.device_class,
+                "bytes-down": 0,
+                "bytes-up": 0,
+                "payload-bytes-down": 0,
+                "payload-bytes-up": 0,
+                "train-seconds": 0.0,
+                "num-examples": 0,
+                "status": "sampled",
+            },
+        )
+
+    def drop(self, node_id: int, device_id: str | None, stage: str, reason: str) -> None:
+        self.dropped.append(
+            {"node-id": node_id, "device-id": device_id, "stage": stage, "reason": reason}
+        )
+        log.warning("round %d: dropped %s reply of node %s (%s): %s",
+                    self.server_round, stage, node_id, device_id, reason)
+
+
+def to_numpy_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """ArrayRecord → ``{name: ndarray}``."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """``{name: ndarray}`` → ArrayRecord (order kept)."""
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def record_bytes(content: RecordDict) -> tuple[int, int]:
+    """``(payload_bytes, message_bytes)`` of a message's content (METHODS.md B1)."""
+    payload = sum(r.count_bytes() for r in content.array_records.values())
+    other = sum(r.count_bytes() for r in content.config_records.values())
+    other += sum(r.count_bytes() for r in content.metric_records.values())
+    return int(payload), int(payload + other)
+
+
+class FedhetStrategy(FedAvg):
+    """Base class of fedhet methods. Subclasses set :attr:`name` and override the hooks.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The parsed run config.
+    run_dir : RunDir, optional
+        Output folder; ``None`` keeps everything in memory (tests).
+    """
+
+    #: Registry name; set by subclasses.
+    name: ClassVar[str] = "base"
+    #: The global model is personalised per device (evaluation uses per-device state).
+    personalised: ClassVar[bool] = False
+
+    def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
+        shared = cfg.shared
+        super().__init__(
+            fraction_train=shared.fraction_train,
+            fraction_evaluate=shared.fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=0 if shared.fraction_evaluate == 0 else 1,
+            min_available_nodes=shared.min_nodes,
+        )
+        self.cfg = cfg
+        self.shared = shared
+        self.mcfg = cfg.method
+        self.run_dir = run_dir
+        self.nodes: dict[int, Node] = {}
+        self.rejected: dict[int, str] = {}
+        self.global_arrays: dict[str, np.ndarray] = self.initial_arrays()
+        self.totals = {"bytes-down": 0, "bytes-up": 0}
+        self.current: RoundLog = RoundLog(0)
+        self._sent: dict[str, int] = {}
+        self._server_eval_data: Any = None
+        self._server_eval_disabled = not shared.server_eval
+
+    # ------------------------------------------------------------------------------------------
+    # Hooks a method overrides
+    # ------------------------------------------------------------------------------------------
+    def initial_arrays(self) -> dict[str, np.ndarray]:
+        """Global arrays at round 0: the run's model, seeded."""
+        from fedhet.models import build_model
+
+        torch.manual_seed(derive_seed(self.shared.seed, "init"))
+        model = build_model(self.shared.model)
+        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+    def fleet_reference(self) -> FleetReference:
+        """Full-training costs of the run's model that budgets are fractions of."""
+        n_bytes = int(sum(a.nbytes for a in self.global_arrays.values()))
+        fastest = min(
+            (n.profile.bench_ms for n in self.nodes.values() if n.profile.bench_ms), default=None
+        )
+        # weights + gradients + optimiser-free SGD + activations (rough: 4x weights)
+        return FleetReference(n_bytes, 4 * n_bytes, fastest)
+
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, dict[str, Any], str]:
+        """``(participates, knobs, reason)`` for a newly registered device."""
+        return True, {}, ""
+
+    def train_payload(self, node: Node, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays and extra config sent to ``node`` for training (default: the full global model)."""
+        return self.global_arrays, {}
+
+    def expected_reply(self, node: Node, server_round: int) -> dict[str, ArraySpec]:
+        """Names, shapes and dtypes a train reply of ``node`` must have (default: the global arrays)."""
+        return spec_of(self.global_arrays)
+
+    def validate_reply(self, node: Node, server_round: int, arrays: dict[str, np.ndarray],
+                       metrics: dict[str, Any]) -> None:
+        """Raise :class:`ReplyError` if a reply cannot be used."""
+        validate_arrays(arrays, self.expected_reply(node, server_round), required=True)
+
+    def aggregate(self, server_round: int, replies: list[Reply]) -> None:
+        """Update :attr:`global_arrays` from validated replies (default: sample-weighted mean)."""
+        contribs = [Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0]
+        if contribs:
+            self.global_arrays = weighted_mean(contribs, self.global_arrays)
+
+    def eval_payload(self, node: Node, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays and extra config sent to ``node`` for evaluation."""
+        return self.global_arrays, {}
+
+    def server_evaluate(self, server_round: int) -> dict[str, float]:
+        """Server-side metrics on the global test set (default: global model accuracy)."""
+        data = self._global_test()
+        if data is None:
+            return {}
+        from fedhet.client.training import evaluate_model
+        from fedhet.models import build_model
+
+        model = build_model(self.shared.model, num_classes=data.num_classes)
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.global_arrays.items()})
+        correct, total, loss = evaluate_model(model, data, batch_size=256)
+        return {"server-accuracy": correct / max(total, 1), "server-loss": loss / max(total, 1)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra strategy state for checkpoints (method state keyed by device-id)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log.info("fedhet method %r (%s)", self.name, type(self).__name__)
+        log.info("  shared: %s", self.shared.model_dump(by_alias=True))
+        log.info("  method: %s", self.mcfg.model_dump(by_alias=True))
+
+    # ------------------------------------------------------------------------------------------
+    # Registration and plans
+    # ------------------------------------------------------------------------------------------
+    def _profile_query_config(self) -> ConfigRecord:
+        return ConfigRecord({"run-name": self.shared.run_name, "fleet": self.shared.fleet})
+
+    def register_nodes(self, grid: Grid, server_round: int) -> list[Node]:
+        """Ask every node not seen before for its profile; plan the valid ones."""
+        unseen = [n for n in grid.get_node_ids() if n not in self.nodes and n not in self.rejected]
+        if not unseen:
+            return []
+        msgs = [
+            Message(RecordDict({"config": self._profile_query_config()}), dst_node_id=n,
+                    message_type=QUERY_PROFILE)
+            for n in sorted(unseen)
+        ]
+        timeout = min(self.shared.round_timeout, REGISTRATION_TIMEOUT_S)
+        replies = list(grid.send_and_receive(msgs, timeout=timeout))
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+        new: list[Node] = []
+        for reply in replies:
+            node_id = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.has_error():
+                log.warning("node %s: profile query failed (%s); will ask again next round",
+                            node_id, reply.error.reason)
+                continue
+            try:
+                if "profile" not in reply.content.config_records:
+                    raise ConfigError("reply carries no 'profile' record")
+                profile = parse_profile(dict(reply.content.config_records["profile"]))
+            except ConfigError as exc:
+                self.rejected[node_id] = str(exc)
+                log.error("node %s: profile rejected, node left out of planning: %s", node_id, exc)
+                continue
+            new.append(self._plan_node(node_id, profile, server_round))
+        answered = {sent.get(r.metadata.reply_to_message_id) for r in replies}
+        for node_id in sorted(set(unseen) - answered):
+            log.warning("node %s: no profile reply within %.0f s; will ask again", node_id, timeout)
+        if new or self.rejected:
+            self._save_profiles()
+        return new
+
+    def _plan_node(self, node_id: int, profile: DeviceProfile, server_round: int) -> Node:
+        # A device that re-registers under a new node id (restarted insecure SuperNode) keeps its plan.
+        for old_id, old in list(self.nodes.items()):
+            if old.device_id == profile.device_id and old_id != node_id:
+                log.info("device %s re-registered: node %s → %s", profile.device_id, old_id, node_id)
+                del self.nodes[old_id]
+        budget = budget_for(profile, self.shared, self.fleet_reference())
+        participate, knobs, reason = self.plan_knobs(profile, budget)
+        plan = NodePlan(
+            node_id=node_id, device_id=profile.device_id, device_class=profile.device_class,
+            budget=budget, participate=participate, reason=reason, knobs=knobs,
+        )
+        node = Node(node_id, profile, plan)
+        self.nodes[node_id] = node
+        log.info("node %s registered: device %s, class %s, budget T=%.2f M=%.2f D=[%.2f, %.2f]%s",
+                 node_id, profile.device_id, profile.device_class, budget.time, budget.memory,
+                 budget.upload_min, budget.upload_max, "" if participate else f", excluded: {reason}")
+        if self.run_dir:
+            self.run_dir.append_plan({"round": server_round, **json.loads(plan.to_json())})
+        return node
+
+    def _save_profiles(self) -> None:
+        if self.run_dir:
+            self.run_dir.save_profiles({
+                "nodes": {str(k): n.profile.to_record() for k, n in self.nodes.items()},
+                "plans": {str(k): json.loads(n.plan.to_json()) for k, n in self.nodes.items()},
+                "rejected": {str(k): v for k, v in self.rejected.items()},
+            })
+
+    def _restore_profiles(self, live: set[int]) -> None:
+        if not self.run_dir:
+            return
+        data = self.run_dir.load_profiles()
+        for key, raw in data.get("nodes", {}).items():
+            node_id = int(key)
+            if node_id in live:
+                profile = parse_profile(raw)
+                plan = NodePlan.model_validate(data["plans"][key])
+                self.nodes[node_id] = Node(node_id, profile, plan)
+        if self.nodes:
+            log.info("restored %d registered nodes from profiles.json", len(self.nodes))
+
+    # ------------------------------------------------------------------------------------------
+    # Sampling and messages
+    # ------------------------------------------------------------------------------------------
+    def sample(self, grid: Grid, server_round: int, fraction: float, purpose: str) -> list[Node]:
+        """Seeded sample of live, participating, available nodes."""
+        live = set(grid.get_node_ids())
+        pool = [
+            n for nid, n in sorted(self.nodes.items())
+            if nid in live and n.plan.participate
+            and rng(self.shared.seed, n.device_id, server_round, "available").random()
+            < n.profile.availability
+        ]
+        if not pool or fraction <= 0:
+            return []
+        k = max(1, min(len(pool), int(len(pool) * fraction)))
+        idx = rng(self.shared.seed, server_round, purpose).choice(len(pool), size=k, replace=False)
+        return [pool[i] for i in sorted(idx)]
+
+    def _message(self, node: Node, arrays: dict[str, np.ndarray], config: dict[str, Any],
+                 server_round: int, message_type: str) -> Message:
+        cfg = ConfigRecord({
+            "server-round": server_round,
+            "device-id": node.device_id,
+            "plan": node.plan.to_json(),
+            **config,
+        })
+        content = RecordDict({"arrays": to_array_record(arrays), "config": cfg})
+        msg = Message(content, dst_node_id=node.node_id, message_type=message_type)
+        payload, total = record_bytes(content)
+        entry = self.current.node(node)
+        entry["bytes-down"] += total
+        entry["payload-bytes-down"] += payload
+        self.totals["bytes-down"] += total
+        return msg
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """One message per sampled node, with the node's own payload and plan."""
+        msgs = []
+        for node in self.sample(grid, server_round, self.shared.fraction_train, "train"):
+            payload, extra = self.train_payload(node, server_round)
+            msgs.append(self._message(node, payload, {**dict(config), **extra}, server_round,
+                                      MessageType.TRAIN))
+            self.current.node(node)["status"] = "sent"
+        return msgs
+
+    def _reply_node(self, reply: Message) -> Node | None:
+        node_id = self._sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        return self.nodes.get(node_id)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate every reply, drop bad ones with a logged reason, aggregate the rest."""
+        valid: list[Reply] = []
+        for reply in replies:
+            node = self._reply_node(reply)
+            if node is None:
+                self.current.drop(reply.metadata.src_node_id, None, "train", "reply from unknown node")
+                continue
+            entry = self.current.node(node)
+            if reply.has_error():
+                entry["status"] = "error"
+                self.current.drop(node.node_id, node.device_id, "train",
+                                  f"error reply (code {reply.error.code}): {reply.error.reason}")
+                continue
+            payload, total = record_bytes(reply.content)
+            entry["bytes-up"] += total
+            entry["payload-bytes-up"] += payload
+            self.totals["bytes-up"] += total
+            try:
+                metrics = dict(reply.content.metric_records.get("metrics", MetricRecord()))
+                if metrics.get("infeasible"):
+                    entry["status"] = "infeasible"
+                    log.info("round %d: node %s could not train (infeasible)", server_round, node.node_id)
+                    continue
+                arrays = to_numpy_dict(reply.content.array_records.get("arrays", ArrayRecord()))
+                n = validate_train_metrics(metrics)
+                self.validate_reply(node, server_round, arrays, metrics)
+            except (ReplyError, ValueError, TypeError) as exc:
+                entry["status"] = "dropped"
+                self.current.drop(node.node_id, node.device_id, "train", str(exc))
+                continue
+            entry.update(status="trained", **{
+                k: metrics[k] for k in ("train-seconds", "num-examples", "train-loss") if k in metrics
+            })
+            entry.update({k: v for k, v in metrics.items() if k.startswith("plan-") or k.startswith("measured-")})
+            valid.append(Reply(node, arrays, metrics, n))
+        for entry in self.current.nodes.values():
+            if entry["status"] == "sent":
+                entry["status"] = "no-reply"
+                self.current.drop(entry["node-id"], entry["device-id"], "train", "no reply before timeout")
+        if valid:
+            self.aggregate(server_round, valid)
+        total_n = sum(r.num_examples for r in valid)
+        metrics_out: dict[str, float | int] = {"num-replies": len(valid)}
+        if total_n > 0:
+            metrics_out["train-loss"] = float(
+                sum(r.num_examples * float(r.metrics["train-loss"]) for r in valid) / total_n
+            )
+        return to_array_record(self.global_arrays), MetricRecord(metrics_out)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        msgs = []
+        for node in self.sample(grid, server_round, self.shared.fraction_evaluate, "evaluate"):
+            payload, extra = self.eval_payload(node, server_round)
+            msgs.append(self._message(node, payload, {**dict(config), **extra}, server_round,
+                                      MessageType.EVALUATE))
+        return msgs
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Accuracy = Σ correct / Σ samples over the nodes' local test sets (never a mean of means)."""
+        correct = total = 0
+        loss = 0.0
+        for reply in replies:
+            node = self._reply_node(reply)
+            if node is None or reply.has_error():
+                reason = reply.error.reason if reply.has_error() else "unknown node"
+                self.current.drop(reply.metadata.src_node_id, node.device_id if node else None,
+                                  "evaluate", reason)
+                continue
+            payload, size = record_bytes(reply.content)
+            entry = self.current.node(node)
+            entry["bytes-up"] += size
+            self.totals["bytes-up"] += size
+            m = dict(reply.content.metric_records.get("metrics", MetricRecord()))
+            try:
+                c, n, lo = int(m["eval-correct"]), int(m["num-examples"]), float(m["eval-loss"])
+                if n < 0 or not 0 <= c <= n or not np.isfinite(lo):
+                    raise ValueError(f"eval-correct={c}, num-examples={n}, eval-loss={lo}")
+            except (KeyError, ValueError, TypeError) as exc:
+                self.current.drop(node.node_id, node.device_id, "evaluate", f"bad metrics: {exc}")
+                continue
+            correct, total, loss = correct + c, total + n, loss + lo
+            entry["eval-accuracy"] = c / n if n else None
+            entry.update({k: v for k, v in m.items() if k.startswith("eval-") and k not in entry})
+        if total == 0:
+            return None
+        return MetricRecord({"eval-accuracy": correct / total, "eval-loss": loss / total,
+                             "eval-examples": total})
+
+    # ------------------------------------------------------------------------------------------
+    # The round loop
+    # ------------------------------------------------------------------------------------------
+    def _send(self, grid: Grid, msgs: list[Message]) -> list[Message]:
+        if not msgs:
+            return []
+        replies = list(grid.send_and_receive(msgs, timeout=self.shared.round_timeout))
+        self._sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+        return replies
+
+    def _wait_for_nodes(self, grid: Grid, server_round: int) -> None:
+        deadline = time.time() + self.shared.round_timeout
+        while True:
+            self.register_nodes(grid, server_round)
+            live = set(grid.get_node_ids())
+            ready = [n for n in self.nodes if n in live]
+            if len(ready) >= self.shared.min_nodes:
+                return
+            if time.time() > deadline:
+                raise RuntimeError(
+                    f"round {server_round}: only {len(ready)} registered nodes after "
+                    f"{self.shared.round_timeout:.0f} s; 'min-nodes' is {self.shared.min_nodes}"
+                )
+            log.info("waiting for nodes: %d registered and connected, need %d", len(ready),
+                     self.shared.min_nodes)
+            time.sleep(1.0)
+
+    def _global_test(self) -> Any:
+        if self._server_eval_disabled:
+            return None
+        if self._server_eval_data is None:
+            try:
+                from fedhet.data import global_test
+
+                self._server_eval_data = global_test(self.shared.dataset)
+            except Exception as exc:  # data may live only on the devices in deployment
+                log.warning("server-side evaluation disabled: %s", exc)
+                self._server_eval_disabled = True
+                return None
+        return self._server_eval_data
+
+    def _checkpoint_state(self, server_round: int) -> dict[str, Any]:
+        return {
+            "round": server_round,
+            "method": self.name,
+            "global": {k: torch.from_numpy(np.array(v)) for k, v in self.global_arrays.items()},
+            "strategy": self.state_dict(),
+            "totals": dict(self.totals),
+        }
+
+    def resume(self, grid: Grid | None = None) -> int:
+        """Restore the last checkpoint of this run, if any; return the last completed round."""
+        if self.run_dir is None:
+            return 0
+        conflicts = self.run_dir.config_conflicts(self.cfg.raw)
+        if conflicts and self.run_dir.checkpoint_rounds():
+            raise ConfigError(
+                f"run folder {self.run_dir.path} was started with a different config ("
+                + "; ".join(conflicts[:5])
+                + "). Use another 'run-name' to start a new run, or the same config to resume."
+            )
+        self.run_dir.write_config(self.cfg.raw)
+        latest = self.run_dir.load_latest_checkpoint()
+        if latest is None:
+            return 0
+        last, state = latest
+        self.global_arrays = {k: v.numpy() for k, v in state["global"].items()}
+        self.load_state_dict(state.get("strategy", {}))
+        self.totals = dict(state.get("totals", self.totals))
+        self.run_dir.truncate_metrics(last)
+        if grid is not None:
+            self._restore_profiles(set(grid.get_node_ids()))
+        log.info("resumed run %s from checkpoint of round %d", self.run_dir.path.name, last)
+        return last
+
+    def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
+        """One full round: register, train, aggregate, evaluate, log. Returns the metrics line."""
+        self.current = RoundLog(server_round)
+        self._wait_for_nodes(grid, server_round)
+        base_cfg = ConfigRecord({"server-round": server_round})
+        train_msgs = list(self.configure_train(server_round, ArrayRecord(), base_cfg, grid))
+        _, train_metrics = self.aggregate_train(server_round, self._send(grid, train_msgs))
+        eval_msgs = list(self.configure_evaluate(server_round, ArrayRecord(), base_cfg, grid))
+        eval_metrics = self.aggregate_evaluate(server_round, self._send(grid, eval_msgs))
+        server_metrics = self.server_evaluate(server_round)
+        return self._round_record(server_round, train_metrics, eval_metrics, server_metrics)
+
+    def _round_record(self, server_round: int, train: MetricRecord | None,
+                      evaluation: MetricRecord | None, server: dict[str, float]) -> dict[str, Any]:
+        nodes = sorted(self.current.nodes.values(), key=lambda e: e["node-id"])
+        down = sum(e["bytes-down"] for e in nodes)
+        up = sum(e["bytes-up"] for e in nodes)
+        record: dict[str, Any] = {
+            "round": server_round,
+            "method": self.name,
+            "run-name": self.shared.run_name,
+            "wall-seconds": round(time.time() - self.current.started, 3),
+            "bytes-down": down,
+            "bytes-up": up,
+            "payload-bytes-down": sum(e["payload-bytes-down"] for e in nodes),
+            "payload-bytes-up": sum(e["payload-bytes-up"] for e in nodes),
+            "cum-bytes-down": self.totals["bytes-down"],
+            "cum-bytes-up": self.totals["bytes-up"],
+            "train-loss": (dict(train) if train else {}).get("train-loss"),
+            "eval-accuracy": (dict(evaluation) if evaluation else {}).get("eval-accuracy"),
+            "eval-loss": (dict(evaluation) if evaluation else {}).get("eval-loss"),
+            "num-trained": sum(1 for e in nodes if e["status"] == "trained"),
+            "dropped": self.current.dropped,
+            "nodes": nodes,
+            **server,
+            **self.current.extras,
+        }
+        return record
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int | None = None,
+              timeout: float | None = None, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None, evaluate_fn: Any = None) -> Any:
+        """Run (or resume) the whole federation; returns the list of per-round metric lines."""
+        num_rounds = num_rounds or self.shared.num_server_rounds
+        self.summary()
+        if initial_arrays is not None and len(initial_arrays):
+            self.global_arrays = to_numpy_dict(initial_arrays)
+        last = self.resume(grid)
+        history = []
+        t0 = time.time()
+        for server_round in range(last + 1, num_rounds + 1):
+            record = self.run_round(grid, server_round)
+            history.append(record)
+            if self.run_dir:
+                self.run_dir.append_metrics(record)
+                if server_round % self.shared.checkpoint_every == 0 or server_round == num_rounds:
+                    self.run_dir.save_checkpoint(server_round, self._checkpoint_state(server_round))
+            elapsed = time.time() - t0
+            done = server_round - last
+            eta = elapsed / done * (num_rounds - server_round)
+            acc = record.get("eval-accuracy")
+            sacc = record.get("server-accuracy")
+            log.info(
+                "[round %d/%d] %s trained=%d dropped=%d loss=%s acc(local)=%s acc(global)=%s "
+                "up=%.2f MB down=%.2f MB  %.1fs, eta %.0fs",
+                server_round, num_rounds, self.name, record["num-trained"], len(record["dropped"]),
+                _fmt(record["train-loss"]), _fmt(acc), _fmt(sacc), record["bytes-up"] / 1e6,
+                record["bytes-down"] / 1e6, record["wall-seconds"], eta,
+            )
+        if last >= num_rounds:
+            log.info("run %s already completed %d rounds; nothing to do", self.shared.run_name, last)
+        self._save_profiles()
+        return history
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.4f}"

@@ -1,0 +1,44 @@
+"""Run registered methods in-process (LocalGrid: real ClientApp handlers, real Messages, no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedhet.config import default_run_config, parse_run_config
+from fedhet.methods import get_method
+from fedhet.server.run_dir import RunDir
+from fedhet.sim import LocalGrid, simulated_node_configs
+
+TINY = {
+    "dataset": "digits",
+    "num-server-rounds": 2,
+    "local-steps": 2,
+    "batch-size": 16,
+    "max-train-per-client": 120,
+    "local-test-size": 40,
+    "profile-bench": False,
+    "dirichlet-alpha": 1.0,
+}
+
+
+def tiny_config(method: str, tmp: Path, num_nodes: int = 6, **overrides: Any) -> dict[str, Any]:
+    raw = default_run_config(method=method, output_dir=str(tmp), min_nodes=num_nodes,
+                             run_name=f"t-{method}")
+    raw.update(TINY)
+    raw.update(dict(get_method(method).test_overrides))
+    raw.update({k if "." in k else k.replace("_", "-"): v for k, v in overrides.items()})
+    return raw
+
+
+def make(method: str, tmp: Path, num_nodes: int = 6, node_extra: dict | None = None,
+         **overrides: Any) -> tuple[Any, LocalGrid]:
+    """A strategy (writing to ``tmp``) and a LocalGrid of ``num_nodes`` simulated devices."""
+    from client_app.app import app as client_app
+
+    raw = tiny_config(method, tmp, num_nodes, **overrides)
+    cfg = parse_run_config(raw)
+    nodes = simulated_node_configs(num_nodes, **(node_extra or {}))
+    grid = LocalGrid(client_app, nodes, raw)
+    strategy = get_method(method).strategy_cls(cfg, RunDir(Path(tmp) / cfg.shared.run_name))
+    return strategy, grid

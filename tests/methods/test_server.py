@@ -1,0 +1,105 @@
+"""Server machinery: failures, late joiners, bad profiles, ledger, resume (fedavg as the carrier)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+
+from fedhet.config import ConfigError, parse_run_config
+from fedhet.methods import get_method
+from fedhet.server.run_dir import RunDir
+from tests.methods.helpers import make, tiny_config
+
+
+def test_node_failure_is_logged_and_round_goes_on(tmp_path):
+    strategy, grid = make("fedavg", tmp_path, num_server_rounds=1)
+    victim = sorted(grid.contexts)[1]
+    strategy.register_nodes(grid, 1)
+    grid.fail_next[victim] = "node lost connection"
+    history = strategy.start(grid)
+    drops = history[0]["dropped"]
+    assert any(d["node-id"] == victim and "node lost connection" in d["reason"] for d in drops)
+    assert history[0]["num-trained"] == 5
+
+
+def test_late_joiner_is_registered_and_trained(tmp_path):
+    strategy, grid = make("fedavg", tmp_path, num_nodes=4, num_server_rounds=1, min_nodes=4)
+    strategy.start(grid)
+    new = grid.add_node({"partition-id": 3, "num-partitions": 4, "device-id": "late-device"})
+    grid.offline.add(sorted(grid.contexts)[0])
+    strategy.shared.num_server_rounds = 2
+    history = strategy.start(grid, num_rounds=2)
+    assert new in strategy.nodes and strategy.nodes[new].device_id == "late-device"
+    trained = {n["node-id"] for n in history[-1]["nodes"] if n["status"] == "trained"}
+    assert new in trained and sorted(grid.contexts)[0] not in trained
+
+
+def test_bad_profile_is_rejected_with_reason(tmp_path):
+    strategy, grid = make("fedavg", tmp_path, num_nodes=3, num_server_rounds=1, min_nodes=2)
+    victim = sorted(grid.contexts)[2]
+
+    def corrupt(node_id, reply):
+        if node_id == victim and reply.metadata.message_type == "query.profile":
+            rec = dict(reply.content.config_records["profile"])
+            rec["cores"] = -4.0
+            return _replace_profile(reply, rec)
+        return reply
+
+    grid.corrupt = corrupt
+    strategy.start(grid)
+    assert victim in strategy.rejected and "'cores' = -4.0" in strategy.rejected[victim]
+    profiles = json.loads((tmp_path / "t-fedavg" / "profiles.json").read_text())
+    assert str(victim) in profiles["rejected"]
+
+
+def _replace_profile(reply, rec):
+    reply.content.config_records["profile"] = ConfigRecord(rec)
+    return reply
+
+
+def test_ledger_counts_serialised_bytes(tmp_path):
+    strategy, grid = make("fedavg", tmp_path, num_server_rounds=1)
+    history = strategy.start(grid)
+    model_bytes = sum(a.nbytes for a in strategy.global_arrays.values())
+    overhead = 256 * len(strategy.global_arrays)  # serialised dtype/shape metadata per array
+    for node in history[0]["nodes"]:
+        # train + eval downloads each carry the full model; the upload carries it once
+        assert 2 * model_bytes <= node["payload-bytes-down"] <= 2 * (model_bytes + overhead)
+        assert model_bytes <= node["payload-bytes-up"] <= model_bytes + overhead
+        assert node["bytes-down"] > node["payload-bytes-down"]  # configs are counted too
+
+
+def test_fedavg_drop_samples_only_full_budget_devices(tmp_path):
+    strategy, grid = make("fedavg-drop", tmp_path, num_server_rounds=1)
+    history = strategy.start(grid)
+    classes = {n["device-class"] for n in history[0]["nodes"] if n["status"] == "trained"}
+    assert classes == {"strong"}
+
+
+def test_resume_continues_from_checkpoint(tmp_path):
+    strategy, grid = make("fedavg", tmp_path, num_server_rounds=1)
+    strategy.start(grid)
+    after_one = {k: np.array(v) for k, v in strategy.global_arrays.items()}
+    raw = tiny_config("fedavg", tmp_path, num_server_rounds=2)
+    resumed = get_method("fedavg").strategy_cls(parse_run_config(raw), RunDir(tmp_path / "t-fedavg"))
+    history = resumed.start(grid)
+    assert [h["round"] for h in history] == [2]
+    rows = RunDir(tmp_path / "t-fedavg").read_metrics()
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[1]["cum-bytes-up"] > rows[0]["cum-bytes-up"]
+    # resumed from round 1's model, not from scratch
+    fresh = get_method("fedavg").strategy_cls(parse_run_config(raw), None)
+    k = "fc2.weight"
+    assert not np.allclose(after_one[k], fresh.global_arrays[k])
+
+
+def test_resume_with_different_config_fails_clearly(tmp_path):
+    strategy, grid = make("fedavg", tmp_path, num_server_rounds=1)
+    strategy.start(grid)
+    raw = tiny_config("fedavg", tmp_path, lr=0.5)
+    other = get_method("fedavg").strategy_cls(parse_run_config(raw), RunDir(tmp_path / "t-fedavg"))
+    with pytest.raises(ConfigError, match="lr: 0.05 → 0.5"):
+        other.start(grid)

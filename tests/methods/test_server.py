@@ -103,3 +103,19 @@ def test_resume_with_different_config_fails_clearly(tmp_path):
     other = get_method("fedavg").strategy_cls(parse_run_config(raw), RunDir(tmp_path / "t-fedavg"))
     with pytest.raises(ConfigError, match="lr: 0.05 → 0.5"):
         other.start(grid)
+
+
+def test_device_with_its_own_data_path(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.kron(digits.images[:150], np.ones((4, 4)))[:, 2:30, 2:30]  # 32×32 → crop 28×28
+    path = tmp_path / "own.npz"
+    np.savez(path, x=(x * 16).astype(np.uint8), y=digits.target[:150])
+    strategy, grid = make("fedavg", tmp_path, num_nodes=2, num_server_rounds=1, min_nodes=3)
+    own = grid.add_node({"data-path": str(path), "device-id": "press-1", "device-class": "strong"})
+    history = strategy.start(grid)
+    entry = next(n for n in history[0]["nodes"] if n["node-id"] == own)
+    assert entry["status"] == "trained" and entry["device-id"] == "press-1"
+    assert entry["num-examples"] == 120  # 80 % of the device's 150 samples train, 20 % test locally
+    assert not strategy.nodes[own].profile.simulated

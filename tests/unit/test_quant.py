@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,14 +20,6 @@ from fedhet.core.quant import (
     window_state_keys,
 )
 from fedhet.models import build_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache

@@ -53,8 +53,9 @@ def run_method(
     **config: Any,
 ) -> list[dict[str, Any]]:
     """Run ``method`` from scratch on ``num_nodes`` simulated devices; return the metrics lines."""
-    raw = default_run_config(method=method, run_name=run_name, output_dir=str(out / "raw" / bench),
-                             min_nodes=num_nodes)
+    raw = default_run_config(
+        method=method, run_name=run_name, output_dir=str(out / "raw" / bench), min_nodes=num_nodes
+    )
     for key, value in config.items():
         raw[key if "." in key else key.replace("_", "-")] = value
     cfg = parse_run_config(raw)

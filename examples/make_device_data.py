@@ -26,7 +26,9 @@ def main() -> None:
     x = read_idx(root / "train-images-idx3-ubyte.gz")
     y = read_idx(root / "train-labels-idx1-ubyte.gz").astype(np.int64)
     keep = np.flatnonzero(np.isin(y, [int(c) for c in args.classes.split(",")]))
-    pick = np.random.default_rng(args.seed).choice(keep, size=min(args.samples, keep.size), replace=False)
+    pick = np.random.default_rng(args.seed).choice(
+        keep, size=min(args.samples, keep.size), replace=False
+    )
     np.savez_compressed(args.out, x=x[pick], y=y[pick])
     print(f"wrote {pick.size} samples of classes {args.classes} to {args.out}")
 

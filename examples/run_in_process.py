@@ -35,17 +35,25 @@ def main() -> None:
 
     entry = get_method(args.method)
     raw = default_run_config(
-        method=args.method, num_server_rounds=args.rounds, dataset=args.dataset,
-        model=entry.default_model, min_nodes=args.nodes, local_steps=10,
-        max_train_per_client=1000, local_test_size=200, output_dir=str(args.output_dir),
+        method=args.method,
+        num_server_rounds=args.rounds,
+        dataset=args.dataset,
+        model=entry.default_model,
+        min_nodes=args.nodes,
+        local_steps=10,
+        max_train_per_client=1000,
+        local_test_size=200,
+        output_dir=str(args.output_dir),
         run_name=f"example-{args.method}",
     )
     grid = LocalGrid(client_app, simulated_node_configs(args.nodes), raw)
     strategy = entry.strategy_cls(parse_run_config(raw), RunDir(args.output_dir / raw["run-name"]))
     for row in strategy.start(grid):
-        print(f"round {row['round']}: local acc {row['eval-accuracy']:.3f}, "
-              f"global acc {row.get('server-accuracy', float('nan')):.3f}, "
-              f"{row['bytes-up'] / 1e6:.2f} MB up")
+        print(
+            f"round {row['round']}: local acc {row['eval-accuracy']:.3f}, "
+            f"global acc {row.get('server-accuracy', float('nan')):.3f}, "
+            f"{row['bytes-up'] / 1e6:.2f} MB up"
+        )
     print(f"run folder: {args.output_dir / raw['run-name']}")
 
 

@@ -30,6 +30,7 @@ OFFLINE_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
 }
 
+
 def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
@@ -55,22 +56,37 @@ def flwr_bin() -> str:
 
 def run_status(run_id: int, env: dict[str, str]) -> str:
     """``status`` of a run from ``flwr ls --format json`` (e.g. ``finished:completed``)."""
-    out = subprocess.run([flwr_bin(), "ls", "--run-id", str(run_id), "--format", "json"],
-                         capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run(
+        [flwr_bin(), "ls", "--run-id", str(run_id), "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     data = json.loads(out.stdout or "{}")
     runs = data.get("runs", [])
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
-def wait_for_run(run_id: int, env: dict[str, str], metrics: Path, rounds: int,
-                 timeout: float = 3600) -> str:
+def wait_for_run(
+    run_id: int, env: dict[str, str], metrics: Path, rounds: int, timeout: float = 3600
+) -> str:
     """Poll until the run finishes, showing progress from ``metrics.jsonl``."""
     deadline = time.time() + timeout
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("training", total=rounds)
         while time.time() < deadline:
-            done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.exists() else 0
+            done = (
+                sum(1 for line in metrics.read_text().splitlines() if line.strip())
+                if metrics.exists()
+                else 0
+            )
             progress.update(task, completed=min(done, rounds))
             status = run_status(run_id, env)
             if status.startswith("finished"):
@@ -96,8 +112,12 @@ def print_summary(run_dir: Path) -> None:
         cls_table.add_column(h, justify="right")
     for c in sorted(traffic):
         a = acc.get(c, [None])[-1]
-        cls_table.add_row(c, "–" if a is None else f"{100 * a:.2f}%", f"{traffic[c]['up']:.3f}",
-                          f"{traffic[c]['down']:.3f}")
+        cls_table.add_row(
+            c,
+            "–" if a is None else f"{100 * a:.2f}%",
+            f"{traffic[c]['up']:.3f}",
+            f"{traffic[c]['down']:.3f}",
+        )
     console.print(cls_table)
 
 
@@ -105,17 +125,33 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_simulation(overrides: str, *, nodes: int, run_dir: Path, rounds: int,
-                   timeout: float = 3600) -> tuple[str, int | None]:
+def run_simulation(
+    overrides: str, *, nodes: int, run_dir: Path, rounds: int, timeout: float = 3600
+) -> tuple[str, int | None]:
     """``flwr run`` this app on a fedhet-managed simulation SuperLink; return (status, run id)."""
     from fedhet.simlink import CONNECTION, SimSuperLink
 
     root = project_root()
     link = SimSuperLink(Path(flwr_env()["FLWR_HOME"]), num_supernodes=nodes)
     with link:
-        proc = subprocess.run([flwr_bin(), "run", str(root), CONNECTION, "--format", "json",
-                               *link.federation_config(), "-c", overrides], capture_output=True, text=True, env=link.env(),
-                              cwd=root, timeout=600)
+        proc = subprocess.run(
+            [
+                flwr_bin(),
+                "run",
+                str(root),
+                CONNECTION,
+                "--format",
+                "json",
+                *link.federation_config(),
+                "-c",
+                overrides,
+            ],
+            capture_output=True,
+            text=True,
+            env=link.env(),
+            cwd=root,
+            timeout=600,
+        )
         try:
             run_id = int(json.loads(proc.stdout)["run-id"])
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
@@ -123,8 +159,14 @@ def run_simulation(overrides: str, *, nodes: int, run_dir: Path, rounds: int,
             return "not-started", None
         status = wait_for_run(run_id, link.env(), run_dir / "metrics.jsonl", rounds, timeout)
         if status != "finished:completed":
-            logs = subprocess.run([flwr_bin(), "log", str(run_id), "--show"], capture_output=True,
-                                  text=True, env=link.env(), cwd=root, timeout=60)
+            logs = subprocess.run(
+                [flwr_bin(), "log", str(run_id), "--show"],
+                capture_output=True,
+                text=True,
+                env=link.env(),
+                cwd=root,
+                timeout=60,
+            )
             console.print(logs.stdout[-6000:])
         return status, run_id
 
@@ -132,13 +174,18 @@ def run_simulation(overrides: str, *, nodes: int, run_dir: Path, rounds: int,
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.output_dir).resolve()
     run_name = args.run_name or time.strftime("demo-%Y%m%d-%H%M%S")
-    overrides = (f"method='{args.method}' num-server-rounds={args.rounds} output-dir='{out}' "
-                 f"run-name='{run_name}' min-nodes={args.nodes} local-steps={args.steps} "
-                 f"max-train-per-client={args.max_train} {args.config}").strip()
-    console.print(f"[bold]fedhet demo[/]: {args.method}, {args.nodes} simulated devices, "
-                  f"{args.rounds} rounds → {out / run_name}")
-    status, run_id = run_simulation(overrides, nodes=args.nodes, run_dir=out / run_name,
-                                    rounds=args.rounds)
+    overrides = (
+        f"method='{args.method}' num-server-rounds={args.rounds} output-dir='{out}' "
+        f"run-name='{run_name}' min-nodes={args.nodes} local-steps={args.steps} "
+        f"max-train-per-client={args.max_train} {args.config}"
+    ).strip()
+    console.print(
+        f"[bold]fedhet demo[/]: {args.method}, {args.nodes} simulated devices, "
+        f"{args.rounds} rounds → {out / run_name}"
+    )
+    status, run_id = run_simulation(
+        overrides, nodes=args.nodes, run_dir=out / run_name, rounds=args.rounds
+    )
     console.print(f"run {run_id}: status [bold]{status}[/]")
     if status != "finished:completed":
         console.print("[red]the run did not complete[/]")
@@ -175,6 +222,13 @@ def cmd_methods(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile_costs(args: argparse.Namespace) -> int:
+    """Write a CoCoFL cost table (``python -m fedhet.core.costs`` with the same options)."""
+    from fedhet.core.costs import main as costs_main
+
+    return costs_main(args.costs_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedhet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,7 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     report.set_defaults(func=cmd_report)
     methods = sub.add_parser("methods", help="list registered methods")
     methods.set_defaults(func=cmd_methods)
-    args = parser.parse_args(argv)
+    costs = sub.add_parser(
+        "profile-costs",
+        add_help=False,
+        help="measure a CoCoFL cost table: --model cnn_b --batch-size 32 [--generator analytic]",
+    )
+    costs.set_defaults(func=cmd_profile_costs)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "profile-costs":
+        args.costs_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args))
 
 

@@ -36,7 +36,7 @@ class KebabModel(BaseModel):
     )
 
 
-DATASETS = ("fashion-mnist", "digits", "text-tasks")
+DATASETS = ("fashion-mnist", "digits", "text-tasks", "synthetic-text")
 PARTITIONS = ("iid", "dirichlet", "balanced-dirichlet", "dirichlet-shards", "pathological")
 
 
@@ -45,7 +45,7 @@ class SharedConfig(KebabModel):
 
     method: str = Field("fedavg", description="Registered method name, see `fedhet methods`.")
     num_server_rounds: int = Field(3, ge=1, description="Federated rounds.")
-    dataset: Literal["fashion-mnist", "digits", "text-tasks"] = Field(
+    dataset: Literal["fashion-mnist", "digits", "text-tasks", "synthetic-text"] = Field(
         "fashion-mnist", description="Simulation/partitioned dataset."
     )
     model: str = Field("cnn_s", description="Model name (see fedhet.models).")
@@ -72,7 +72,9 @@ class SharedConfig(KebabModel):
     batch_size: int = Field(32, ge=1, description="Local batch size.")
     lr: float = Field(0.05, gt=0, description="Local learning rate.")
     seed: int = Field(0, description="Run seed; every draw derives from it.")
-    output_dir: str = Field("", description="Where run folders go ('' → $FEDHET_OUTPUT_DIR or ~/.fedhet/runs).")
+    output_dir: str = Field(
+        "", description="Where run folders go ('' → $FEDHET_OUTPUT_DIR or ~/.fedhet/runs)."
+    )
     run_name: str = Field("fedhet-run", description="Run folder name; a rerun with it resumes.")
     profile_bench: bool = Field(True, description="Run the short compute benchmark in profiles.")
     server_eval: bool = Field(True, description="Evaluate the global model on the global test set.")

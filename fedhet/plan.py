@@ -58,7 +58,9 @@ class Budget(KebabModel):
         """D_t ~ U(D_min, D_max), seeded by (run, device, round) (METHODS.md §2, §6.2)."""
         if self.upload_min == self.upload_max:
             return self.upload_max
-        return float(rng(seed, device_id, server_round, "upload").uniform(self.upload_min, self.upload_max))
+        return float(
+            rng(seed, device_id, server_round, "upload").uniform(self.upload_min, self.upload_max)
+        )
 
 
 class NodePlan(KebabModel):
@@ -125,7 +127,9 @@ class FleetReference:
     reference_bench_ms: float | None = None
 
 
-def _measured(profile: DeviceProfile, shared: SharedConfig, ref: FleetReference) -> dict[str, float]:
+def _measured(
+    profile: DeviceProfile, shared: SharedConfig, ref: FleetReference
+) -> dict[str, float]:
     out: dict[str, float] = {}
     bench_ref = shared.ref_bench_ms or ref.reference_bench_ms
     if profile.bench_ms and bench_ref:
@@ -152,19 +156,28 @@ def budget_for(profile: DeviceProfile, shared: SharedConfig, ref: FleetReference
         "upload_max": profile.upload_max,
     }
     table = CLASS_BUDGETS.get(profile.device_class)
-    klass = dict(zip(("time", "memory", "upload_min", "upload_max"), table, strict=True)) if table else {}
+    klass = (
+        dict(zip(("time", "memory", "upload_min", "upload_max"), table, strict=True))
+        if table
+        else {}
+    )
     measured = {} if profile.simulated else _measured(profile, shared, ref)
     if "upload" in measured:
         measured["upload_min"] = measured["upload_max"] = measured.pop("upload")
-    named = [("declared", explicit), ("class-table", klass), ("measured", measured)]
+    named: list[tuple[str, dict[str, float | None]]] = [
+        ("declared", explicit),
+        ("class-table", dict(klass)),
+        ("measured", dict(measured)),
+    ]
     if shared.profile_source == "measured":
         named = [named[2], named[0], named[1]]
     values: dict[str, float] = {}
     sources: set[str] = set()
     for key in ("time", "memory", "upload_min", "upload_max"):
         for name, src in named:
-            if src.get(key) is not None:
-                values[key] = float(src[key])  # type: ignore[arg-type]
+            value = src.get(key)
+            if value is not None:
+                values[key] = float(value)
                 sources.add(name)
                 break
         else:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import psutil
 from pydantic import Field, model_validator
 
-from fedhet.config import ConfigError, KebabModel, kebab, validate_model
+from fedhet.config import KebabModel, kebab, validate_model
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ class NodeSettings(KebabModel):
     device_id: str | None = Field(None, min_length=1, max_length=128, description="Stable id.")
     device_class: Literal["strong", "medium", "weak", "custom"] | None = None
     bandwidth_mbps: float | None = Field(None, gt=0, le=1e6)
-    memory_mb: float | None = Field(None, gt=0, description="Declared memory available to training.")
+    memory_mb: float | None = Field(
+        None, gt=0, description="Declared memory available to training."
+    )
     time_frac: float | None = Field(None, gt=0, le=1)
     mem_frac: float | None = Field(None, gt=0, le=1)
     upload_min: float | None = Field(None, gt=0, le=1)
@@ -46,11 +48,14 @@ class NodeSettings(KebabModel):
 
     @model_validator(mode="after")
     def _check(self) -> NodeSettings:
-        if self.partition_id is not None and self.num_partitions is not None:
-            if self.partition_id >= self.num_partitions:
-                raise ValueError(
-                    f"partition-id {self.partition_id} must be < num-partitions {self.num_partitions}"
-                )
+        if (
+            self.partition_id is not None
+            and self.num_partitions is not None
+            and self.partition_id >= self.num_partitions
+        ):
+            raise ValueError(
+                f"partition-id {self.partition_id} must be < num-partitions {self.num_partitions}"
+            )
         if self.upload_min and self.upload_max and self.upload_min > self.upload_max:
             raise ValueError("upload-min must be <= upload-max")
         if self.data_path is not None and not Path(self.data_path).expanduser().exists():
@@ -132,8 +137,10 @@ def _cgroup_mem_limit() -> int | None:
 
 def measure_cores() -> float:
     """CPU cores this process may use: affinity, capped by a cgroup CPU quota."""
-    cores = float(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else float(
-        os.cpu_count() or 1
+    cores = (
+        float(len(os.sched_getaffinity(0)))
+        if hasattr(os, "sched_getaffinity")
+        else float(os.cpu_count() or 1)
     )
     quota = _cgroup_cpu_limit()
     return min(cores, quota) if quota else cores
@@ -205,8 +212,17 @@ def build_profile(
         "has-data-path": node.data_path is not None,
         "availability": node.availability,
     }
-    for name in ("partition_id", "num_partitions", "time_frac", "mem_frac", "upload_min",
-                 "upload_max", "bandwidth_mbps", "memory_mb", "arch"):
+    for name in (
+        "partition_id",
+        "num_partitions",
+        "time_frac",
+        "mem_frac",
+        "upload_min",
+        "upload_max",
+        "bandwidth_mbps",
+        "memory_mb",
+        "arch",
+    ):
         value = getattr(node, name)
         if value is not None:
             fields[kebab(name)] = value

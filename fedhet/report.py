@@ -49,7 +49,9 @@ def per_class_bytes(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             s["up"] += n["bytes-up"] / 1e6
             s["down"] += n["bytes-down"] / 1e6
             s["n"] += 1
-    return {c: {"up": s["up"] / s["n"], "down": s["down"] / s["n"]} for c, s in sums.items() if s["n"]}
+    return {
+        c: {"up": s["up"] / s["n"], "down": s["down"] / s["n"]} for c, s in sums.items() if s["n"]
+    }
 
 
 def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
@@ -63,8 +65,8 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
     files = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (("eval-accuracy", "local tests"), ("server-accuracy", "global test")):
-        values = [r.get(key) for r in rows]
-        if any(v is not None for v in values):
+        values = [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
+        if any(r.get(key) is not None for r in rows):
             axes[0].plot(rounds, values, marker="o", ms=3, label=label)
             axes[1].plot(cum, values, marker="o", ms=3, label=label)
     axes[0].set_xlabel("round")
@@ -81,8 +83,9 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
     per_class = per_class_accuracy(rows)
     if per_class:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for cls, values in per_class.items():
-            ax.plot(rounds, values, marker="o", ms=3, label=cls)
+        for cls, class_values in per_class.items():
+            ys = [float("nan") if v is None else v for v in class_values]
+            ax.plot(rounds, ys, marker="o", ms=3, label=cls)
         ax.set_xlabel("round")
         ax.set_ylabel("local-test accuracy")
         ax.set_title("accuracy per device class")
@@ -104,15 +107,30 @@ def _fmt(v: Any, pct: bool = False) -> str:
 def round_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     """Rows of the per-round summary table (also printed by ``fedhet demo``)."""
     return [
-        [str(r["round"]), _fmt(r.get("train-loss")), _fmt(r.get("eval-accuracy"), True),
-         _fmt(r.get("server-accuracy"), True), f"{r['bytes-up'] / 1e6:.2f}",
-         f"{r['bytes-down'] / 1e6:.2f}", str(r.get("num-trained", "")), str(len(r.get("dropped", [])))]
+        [
+            str(r["round"]),
+            _fmt(r.get("train-loss")),
+            _fmt(r.get("eval-accuracy"), True),
+            _fmt(r.get("server-accuracy"), True),
+            f"{r['bytes-up'] / 1e6:.2f}",
+            f"{r['bytes-down'] / 1e6:.2f}",
+            str(r.get("num-trained", "")),
+            str(len(r.get("dropped", []))),
+        ]
         for r in rows
     ]
 
 
-ROUND_HEADERS = ["round", "train loss", "acc (local)", "acc (global)", "MB up", "MB down",
-                 "trained", "dropped"]
+ROUND_HEADERS = [
+    "round",
+    "train loss",
+    "acc (local)",
+    "acc (global)",
+    "MB up",
+    "MB down",
+    "trained",
+    "dropped",
+]
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -121,17 +139,27 @@ def write_report(run_dir: str | Path) -> Path:
     rows = load_metrics(path)
     files = _plot(rows, path)
     config = RunDir(path).stored_config() or {}
-    lines = [f"# fedhet run `{path.name}`", "",
-             f"Method `{rows[-1]['method']}`, {len(rows)} rounds, model `{config.get('model')}`, "
-             f"dataset `{config.get('dataset')}`, fleet `{config.get('fleet')}`.", "",
-             "## Per round", "", "| " + " | ".join(ROUND_HEADERS) + " |",
-             "|" + "---|" * len(ROUND_HEADERS)]
+    lines = [
+        f"# fedhet run `{path.name}`",
+        "",
+        f"Method `{rows[-1]['method']}`, {len(rows)} rounds, model `{config.get('model')}`, "
+        f"dataset `{config.get('dataset')}`, fleet `{config.get('fleet')}`.",
+        "",
+        "## Per round",
+        "",
+        "| " + " | ".join(ROUND_HEADERS) + " |",
+        "|" + "---|" * len(ROUND_HEADERS),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in round_table(rows)]
     per_class = per_class_accuracy(rows)
     traffic = per_class_bytes(rows)
-    lines += ["", "## Per device class (last round)", "",
-              "| class | acc (local) | MB up / device / round | MB down / device / round |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Per device class (last round)",
+        "",
+        "| class | acc (local) | MB up / device / round | MB down / device / round |",
+        "|---|---|---|---|",
+    ]
     for cls in sorted(set(per_class) | set(traffic)):
         acc = per_class.get(cls, [None])[-1]
         t = traffic.get(cls, {"up": 0.0, "down": 0.0})
@@ -139,10 +167,20 @@ def write_report(run_dir: str | Path) -> Path:
     dropped = [d for r in rows for d in r.get("dropped", [])]
     if dropped:
         lines += ["", f"## Dropped replies ({len(dropped)})", ""]
-        lines += [f"- node {d['node-id']} ({d.get('device-id')}), {d['stage']}: {d['reason']}"
-                  for d in dropped[:50]]
+        lines += [
+            f"- node {d['node-id']} ({d.get('device-id')}), {d['stage']}: {d['reason']}"
+            for d in dropped[:50]
+        ]
     lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in files]
-    lines += ["", "## Config", "", "```json", json.dumps(config, indent=2, sort_keys=True), "```", ""]
+    lines += [
+        "",
+        "## Config",
+        "",
+        "```json",
+        json.dumps(config, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
     out = path / "report.md"
     out.write_text("\n".join(lines))
     return out

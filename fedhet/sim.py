@@ -33,8 +33,13 @@ class LocalGrid(Grid):
         Flower's flat run config.
     """
 
-    def __init__(self, client_app: Any, node_configs: list[dict[str, Any]],
-                 run_config: dict[str, Any], run_id: int = 1) -> None:
+    def __init__(
+        self,
+        client_app: Any,
+        node_configs: list[dict[str, Any]],
+        run_config: dict[str, Any],
+        run_id: int = 1,
+    ) -> None:
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         TaskIdentity.task_id = 0
@@ -44,7 +49,7 @@ class LocalGrid(Grid):
         self.offline: set[int] = set()
         self.fail_next: dict[int, str] = {}
         self.corrupt: Callable[[int, Message], Message | None] | None = None
-        self._replies: dict[str, Message] = {}
+        self._replies: dict[str, Message | None] = {}
         self._run: Any = None
         self.sent_log: list[Message] = []
         for cfg in node_configs:
@@ -54,8 +59,11 @@ class LocalGrid(Grid):
         """Connect a new node (e.g. one joining mid-run); returns its node id."""
         node_id = 1000 + len(self.contexts)
         self.contexts[node_id] = Context(
-            run_id=TaskIdentity.run_id, node_id=node_id, node_config=dict(node_config),
-            state=RecordDict(), run_config=self.run_config,
+            run_id=TaskIdentity.run_id,
+            node_id=node_id,
+            node_config=dict(node_config),
+            state=RecordDict(),
+            run_config=self.run_config,
         )
         return node_id
 
@@ -67,10 +75,17 @@ class LocalGrid(Grid):
     def run(self) -> Any:
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type,
-                       group_id=group_id, ttl=ttl)
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.contexts if n not in self.offline]
@@ -85,10 +100,12 @@ class LocalGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+        replies = [self._replies.pop(i, None) for i in list(message_ids)]
+        return [r for r in replies if r is not None]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
-                         ) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         ids = list(self.push_messages(messages))
         return [r for r in self.pull_messages(ids) if r is not None]
 

@@ -8,6 +8,7 @@ pyproject.toml) and stops exactly the process group it started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -67,9 +68,11 @@ class SimSuperLink:
 
     def federation_config(self) -> list[str]:
         """``flwr run`` arguments that size the simulation (Flower 1.41 ``--federation-config``)."""
-        return ["--federation-config",
-                f"num-supernodes={self.num_supernodes} "
-                f"client-resources-num-cpus={int(self.num_cpus)} client-resources-num-gpus=0"]
+        return [
+            "--federation-config",
+            f"num-supernodes={self.num_supernodes} "
+            f"client-resources-num-cpus={int(self.num_cpus)} client-resources-num-gpus=0",
+        ]
 
     def env(self) -> dict[str, str]:
         from fedhet.cli import flwr_env
@@ -83,29 +86,50 @@ class SimSuperLink:
         self.port = free_port()
         log_file = self.flwr_home / "fedhet-sim-superlink.log"
         cmd = [
-            _bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--database", str(self.flwr_home / "fedhet-sim-state.db"),
-            "--log-file", str(log_file),
+            _bin("flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.flwr_home / "fedhet-sim-state.db"),
+            "--log-file",
+            str(log_file),
         ]
-        self.proc = subprocess.Popen(cmd, env=self.env(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.state_file.write_text(json.dumps({"pid": self.proc.pid, "port": self.port}))
-        (self.flwr_home / "config.toml").write_text(CONFIG_TOML.format(
-            name=CONNECTION, port=self.port))
+        (self.flwr_home / "config.toml").write_text(
+            CONFIG_TOML.format(name=CONNECTION, port=self.port)
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"flower-superlink exited with {self.proc.returncode}; see {log_file}")
+                raise RuntimeError(
+                    f"flower-superlink exited with {self.proc.returncode}; see {log_file}"
+                )
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=0.5).is_success:
-                    log.info("simulation SuperLink pid %d on 127.0.0.1:%d", self.proc.pid, self.port)
+                    log.info(
+                        "simulation SuperLink pid %d on 127.0.0.1:%d", self.proc.pid, self.port
+                    )
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"flower-superlink did not answer within {timeout:.0f} s; see {log_file}")
+        raise RuntimeError(
+            f"flower-superlink did not answer within {timeout:.0f} s; see {log_file}"
+        )
 
     def stop_stale(self) -> None:
         """Stop a SuperLink a previous fedhet command started here and left running."""
@@ -122,10 +146,8 @@ class SimSuperLink:
         """Stop the SuperLink and everything it spawned (its process group), by PID."""
         if self.proc is not None:
             _kill_group(self.proc.pid)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
             self.proc = None
         self.state_file.unlink(missing_ok=True)
 

@@ -68,10 +68,18 @@ class ClientContext:
 
     @property
     def simulated(self) -> bool:
-        return self.node.partition_id is not None and self.node.data_path is None and not self.node.device_id
+        return (
+            self.node.partition_id is not None
+            and self.node.data_path is None
+            and not self.node.device_id
+        )
 
     def cache_dir(self) -> Path:
-        root = Path(self.node.cache_dir).expanduser() if self.node.cache_dir else Path.home() / ".cache" / "fedhet"
+        root = (
+            Path(self.node.cache_dir).expanduser()
+            if self.node.cache_dir
+            else Path.home() / ".cache" / "fedhet"
+        )
         path = root / "nodes" / self.run.shared.run_name / self.device_id
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -80,17 +88,32 @@ class ClientContext:
     def data(self) -> Any:
         """The device's ``ClientSplit`` (train + local test)."""
         return _client_split(
-            self.run.shared.dataset, self.node.partition_id, self.node.num_partitions,
-            self.node.data_path, self.run.shared.partition, self.run.shared.dirichlet_alpha,
-            self.run.shared.pathological_k, self.run.shared.seed, self.run.shared.max_train_per_client,
+            self.run.shared.dataset,
+            self.node.partition_id,
+            self.node.num_partitions,
+            self.node.data_path,
+            self.run.shared.partition,
+            self.run.shared.dirichlet_alpha,
+            self.run.shared.pathological_k,
+            self.run.shared.seed,
+            self.run.shared.max_train_per_client,
             self.run.shared.local_test_size,
         )
 
 
 @functools.lru_cache(maxsize=4)
-def _client_split(dataset: str, partition_id: int | None, num_partitions: int | None,
-                  data_path: str | None, scheme: str, alpha: float, k: int, seed: int,
-                  max_train: int, local_test_size: int) -> Any:
+def _client_split(
+    dataset: str,
+    partition_id: int | None,
+    num_partitions: int | None,
+    data_path: str | None,
+    scheme: str,
+    alpha: float,
+    k: int,
+    seed: int,
+    max_train: int,
+    local_test_size: int,
+) -> Any:
     from fedhet.data import federated_split
 
     if data_path:
@@ -101,15 +124,24 @@ def _client_split(dataset: str, partition_id: int | None, num_partitions: int | 
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(data))
         n_test = min(max(1, len(data) // 5), local_test_size or len(data) // 5)
-        return ClientSplit(data.subset(np.sort(order[n_test:])), data.subset(np.sort(order[:n_test])), -1)
+        return ClientSplit(
+            data.subset(np.sort(order[n_test:])), data.subset(np.sort(order[:n_test])), -1
+        )
     if partition_id is None or num_partitions is None:
         raise ConfigError(
             "node config needs 'partition-id' and 'num-partitions' (simulated split) or "
             "'data-path' (the device's own data)"
         )
     return federated_split(
-        dataset, num_partitions, partition_id, scheme=scheme, alpha=alpha, k=k, seed=seed,
-        max_train=max_train, local_test_size=local_test_size,
+        dataset,
+        num_partitions,
+        partition_id,
+        scheme=scheme,
+        alpha=alpha,
+        k=k,
+        seed=seed,
+        max_train=max_train,
+        local_test_size=local_test_size,
     )
 
 
@@ -120,7 +152,9 @@ def arrays_of(msg: Message) -> dict[str, np.ndarray]:
 
 
 def config_of(msg: Message) -> dict[str, Any]:
-    return dict(msg.content.config_records["config"]) if "config" in msg.content.config_records else {}
+    return (
+        dict(msg.content.config_records["config"]) if "config" in msg.content.config_records else {}
+    )
 
 
 def plan_of(msg: Message) -> NodePlan:
@@ -148,8 +182,11 @@ def reply_content(arrays: dict[str, np.ndarray] | None, metrics: dict[str, Any])
 def infeasible_reply(reason: str) -> RecordDict:
     """A device that cannot train this round (METHODS.md §2): empty arrays, metric ``infeasible``."""
     log.info("cannot train this round: %s", reason)
-    return RecordDict({
-        "arrays": ArrayRecord(),
-        "metrics": MetricRecord({"infeasible": 1, "num-examples": 0, "train-loss": 0.0,
-                                 "train-seconds": 0.0}),
-    })
+    return RecordDict(
+        {
+            "arrays": ArrayRecord(),
+            "metrics": MetricRecord(
+                {"infeasible": 1, "num-examples": 0, "train-loss": 0.0, "train-seconds": 0.0}
+            ),
+        }
+    )

@@ -26,7 +26,9 @@ def train_sgd(
     model.train()
     opt = torch.optim.SGD(
         list(params) if params is not None else model.parameters(),
-        lr=lr, momentum=momentum, weight_decay=weight_decay,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
     )
     start = time.perf_counter()
     total, steps = 0.0, 0

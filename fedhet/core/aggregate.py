@@ -41,7 +41,9 @@ def _skip(name: str) -> bool:
     return name.endswith(SKIP_SUFFIXES)
 
 
-def weighted_mean(contribs: Sequence[Contribution], base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def weighted_mean(
+    contribs: Sequence[Contribution], base: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """``plain``: x ← Σ_i w_i x_i / Σ_i w_i; every contributor must hold every tensor.
 
     Raises

@@ -150,7 +150,9 @@ def decode_payload(
         else:
             raise ValueError(f"{name}: values without a bitmask, index or known mask")
         if int(flat.sum()) != values.size:
-            raise ValueError(f"{name}: {values.size} values for a mask of {int(flat.sum())} entries")
+            raise ValueError(
+                f"{name}: {values.size} values for a mask of {int(flat.sum())} entries"
+            )
         if base is not None and name in base:
             out = np.array(base[name], dtype=values.dtype, copy=True).reshape(-1)
         else:

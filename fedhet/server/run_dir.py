@@ -52,7 +52,9 @@ class RunDir:
         if old is None:
             return []
         keys = (set(old) | set(raw)) - RESUMABLE_KEYS
-        return sorted(f"{k}: {old.get(k)!r} → {raw.get(k)!r}" for k in keys if old.get(k) != raw.get(k))
+        return sorted(
+            f"{k}: {old.get(k)!r} → {raw.get(k)!r}" for k in keys if old.get(k) != raw.get(k)
+        )
 
     def write_config(self, raw: dict[str, Any]) -> None:
         data = json.dumps(raw, indent=2, sort_keys=True).encode()

@@ -28,7 +28,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -38,7 +46,13 @@ from fedhet.core.seeding import derive_seed, rng
 from fedhet.plan import Budget, FleetReference, NodePlan, budget_for
 from fedhet.profile import DeviceProfile, parse_profile
 from fedhet.server.run_dir import RunDir
-from fedhet.server.validate import ArraySpec, ReplyError, spec_of, validate_arrays, validate_train_metrics
+from fedhet.server.validate import (
+    ArraySpec,
+    ReplyError,
+    spec_of,
+    validate_arrays,
+    validate_train_metrics,
+)
 
 log = logging.getLogger("fedhet")
 
@@ -100,8 +114,14 @@ class RoundLog:
         self.dropped.append(
             {"node-id": node_id, "device-id": device_id, "stage": stage, "reason": reason}
         )
-        log.warning("round %d: dropped %s reply of node %s (%s): %s",
-                    self.server_round, stage, node_id, device_id, reason)
+        log.warning(
+            "round %d: dropped %s reply of node %s (%s): %s",
+            self.server_round,
+            stage,
+            node_id,
+            device_id,
+            reason,
+        )
 
 
 def to_numpy_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -180,11 +200,15 @@ class FedhetStrategy(FedAvg):
         # weights + gradients + optimiser-free SGD + activations (rough: 4x weights)
         return FleetReference(n_bytes, 4 * n_bytes, fastest)
 
-    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(
+        self, profile: DeviceProfile, budget: Budget
+    ) -> tuple[bool, dict[str, Any], str]:
         """``(participates, knobs, reason)`` for a newly registered device."""
         return True, {}, ""
 
-    def train_payload(self, node: Node, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def train_payload(
+        self, node: Node, server_round: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and extra config sent to ``node`` for training (default: the full global model)."""
         return self.global_arrays, {}
 
@@ -192,18 +216,23 @@ class FedhetStrategy(FedAvg):
         """Names, shapes and dtypes a train reply of ``node`` must have (default: the global arrays)."""
         return spec_of(self.global_arrays)
 
-    def validate_reply(self, node: Node, server_round: int, arrays: dict[str, np.ndarray],
-                       metrics: dict[str, Any]) -> None:
+    def validate_reply(
+        self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]
+    ) -> None:
         """Raise :class:`ReplyError` if a reply cannot be used."""
         validate_arrays(arrays, self.expected_reply(node, server_round), required=True)
 
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
         """Update :attr:`global_arrays` from validated replies (default: sample-weighted mean)."""
-        contribs = [Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0]
+        contribs = [
+            Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0
+        ]
         if contribs:
             self.global_arrays = weighted_mean(contribs, self.global_arrays)
 
-    def eval_payload(self, node: Node, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def eval_payload(
+        self, node: Node, server_round: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and extra config sent to ``node`` for evaluation."""
         return self.global_arrays, {}
 
@@ -216,7 +245,9 @@ class FedhetStrategy(FedAvg):
         from fedhet.models import build_model
 
         model = build_model(self.shared.model, num_classes=data.num_classes)
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.global_arrays.items()})
+        model.load_state_dict(
+            {k: torch.from_numpy(np.array(v)) for k, v in self.global_arrays.items()}
+        )
         correct, total, loss = evaluate_model(model, data, batch_size=256)
         return {"server-accuracy": correct / max(total, 1), "server-loss": loss / max(total, 1)}
 
@@ -245,8 +276,11 @@ class FedhetStrategy(FedAvg):
         if not unseen:
             return []
         msgs = [
-            Message(RecordDict({"config": self._profile_query_config()}), dst_node_id=n,
-                    message_type=QUERY_PROFILE)
+            Message(
+                RecordDict({"config": self._profile_query_config()}),
+                dst_node_id=n,
+                message_type=QUERY_PROFILE,
+            )
             for n in sorted(unseen)
         ]
         timeout = min(self.shared.round_timeout, REGISTRATION_TIMEOUT_S)
@@ -256,8 +290,11 @@ class FedhetStrategy(FedAvg):
         for reply in replies:
             node_id = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
-                log.warning("node %s: profile query failed (%s); will ask again next round",
-                            node_id, reply.error.reason)
+                log.warning(
+                    "node %s: profile query failed (%s); will ask again next round",
+                    node_id,
+                    reply.error.reason,
+                )
                 continue
             try:
                 if "profile" not in reply.content.config_records:
@@ -279,30 +316,47 @@ class FedhetStrategy(FedAvg):
         # A device that re-registers under a new node id (restarted insecure SuperNode) keeps its plan.
         for old_id, old in list(self.nodes.items()):
             if old.device_id == profile.device_id and old_id != node_id:
-                log.info("device %s re-registered: node %s → %s", profile.device_id, old_id, node_id)
+                log.info(
+                    "device %s re-registered: node %s → %s", profile.device_id, old_id, node_id
+                )
                 del self.nodes[old_id]
         budget = budget_for(profile, self.shared, self.fleet_reference())
         participate, knobs, reason = self.plan_knobs(profile, budget)
         plan = NodePlan(
-            node_id=node_id, device_id=profile.device_id, device_class=profile.device_class,
-            budget=budget, participate=participate, reason=reason, knobs=knobs,
+            node_id=node_id,
+            device_id=profile.device_id,
+            device_class=profile.device_class,
+            budget=budget,
+            participate=participate,
+            reason=reason,
+            knobs=knobs,
         )
         node = Node(node_id, profile, plan)
         self.nodes[node_id] = node
-        log.info("node %s registered: device %s, class %s, budget T=%.2f M=%.2f D=[%.2f, %.2f]%s",
-                 node_id, profile.device_id, profile.device_class, budget.time, budget.memory,
-                 budget.upload_min, budget.upload_max, "" if participate else f", excluded: {reason}")
+        log.info(
+            "node %s registered: device %s, class %s, budget T=%.2f M=%.2f D=[%.2f, %.2f]%s",
+            node_id,
+            profile.device_id,
+            profile.device_class,
+            budget.time,
+            budget.memory,
+            budget.upload_min,
+            budget.upload_max,
+            "" if participate else f", excluded: {reason}",
+        )
         if self.run_dir:
             self.run_dir.append_plan({"round": server_round, **json.loads(plan.to_json())})
         return node
 
     def _save_profiles(self) -> None:
         if self.run_dir:
-            self.run_dir.save_profiles({
-                "nodes": {str(k): n.profile.to_record() for k, n in self.nodes.items()},
-                "plans": {str(k): json.loads(n.plan.to_json()) for k, n in self.nodes.items()},
-                "rejected": {str(k): v for k, v in self.rejected.items()},
-            })
+            self.run_dir.save_profiles(
+                {
+                    "nodes": {str(k): n.profile.to_record() for k, n in self.nodes.items()},
+                    "plans": {str(k): json.loads(n.plan.to_json()) for k, n in self.nodes.items()},
+                    "rejected": {str(k): v for k, v in self.rejected.items()},
+                }
+            )
 
     def _restore_profiles(self, live: set[int]) -> None:
         if not self.run_dir:
@@ -324,8 +378,10 @@ class FedhetStrategy(FedAvg):
         """Seeded sample of live, participating, available nodes."""
         live = set(grid.get_node_ids())
         pool = [
-            n for nid, n in sorted(self.nodes.items())
-            if nid in live and n.plan.participate
+            n
+            for nid, n in sorted(self.nodes.items())
+            if nid in live
+            and n.plan.participate
             and rng(self.shared.seed, n.device_id, server_round, "available").random()
             < n.profile.availability
         ]
@@ -335,14 +391,22 @@ class FedhetStrategy(FedAvg):
         idx = rng(self.shared.seed, server_round, purpose).choice(len(pool), size=k, replace=False)
         return [pool[i] for i in sorted(idx)]
 
-    def _message(self, node: Node, arrays: dict[str, np.ndarray], config: dict[str, Any],
-                 server_round: int, message_type: str) -> Message:
-        cfg = ConfigRecord({
-            "server-round": server_round,
-            "device-id": node.device_id,
-            "plan": node.plan.to_json(),
-            **config,
-        })
+    def _message(
+        self,
+        node: Node,
+        arrays: dict[str, np.ndarray],
+        config: dict[str, Any],
+        server_round: int,
+        message_type: str,
+    ) -> Message:
+        cfg = ConfigRecord(
+            {
+                "server-round": server_round,
+                "device-id": node.device_id,
+                "plan": node.plan.to_json(),
+                **config,
+            }
+        )
         content = RecordDict({"arrays": to_array_record(arrays), "config": cfg})
         msg = Message(content, dst_node_id=node.node_id, message_type=message_type)
         payload, total = record_bytes(content)
@@ -352,14 +416,18 @@ class FedhetStrategy(FedAvg):
         self.totals["bytes-down"] += total
         return msg
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """One message per sampled node, with the node's own payload and plan."""
         msgs = []
         for node in self.sample(grid, server_round, self.shared.fraction_train, "train"):
             payload, extra = self.train_payload(node, server_round)
-            msgs.append(self._message(node, payload, {**dict(config), **extra}, server_round,
-                                      MessageType.TRAIN))
+            msgs.append(
+                self._message(
+                    node, payload, {**dict(config), **extra}, server_round, MessageType.TRAIN
+                )
+            )
             self.current.node(node)["status"] = "sent"
         return msgs
 
@@ -367,20 +435,27 @@ class FedhetStrategy(FedAvg):
         node_id = self._sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         return self.nodes.get(node_id)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate every reply, drop bad ones with a logged reason, aggregate the rest."""
         valid: list[Reply] = []
         for reply in replies:
             node = self._reply_node(reply)
             if node is None:
-                self.current.drop(reply.metadata.src_node_id, None, "train", "reply from unknown node")
+                self.current.drop(
+                    reply.metadata.src_node_id, None, "train", "reply from unknown node"
+                )
                 continue
             entry = self.current.node(node)
             if reply.has_error():
                 entry["status"] = "error"
-                self.current.drop(node.node_id, node.device_id, "train",
-                                  f"error reply (code {reply.error.code}): {reply.error.reason}")
+                self.current.drop(
+                    node.node_id,
+                    node.device_id,
+                    "train",
+                    f"error reply (code {reply.error.code}): {reply.error.reason}",
+                )
                 continue
             payload, total = record_bytes(reply.content)
             entry["bytes-up"] += total
@@ -390,7 +465,9 @@ class FedhetStrategy(FedAvg):
                 metrics = dict(reply.content.metric_records.get("metrics", MetricRecord()))
                 if metrics.get("infeasible"):
                     entry["status"] = "infeasible"
-                    log.info("round %d: node %s could not train (infeasible)", server_round, node.node_id)
+                    log.info(
+                        "round %d: node %s could not train (infeasible)", server_round, node.node_id
+                    )
                     continue
                 arrays = to_numpy_dict(reply.content.array_records.get("arrays", ArrayRecord()))
                 n = validate_train_metrics(metrics)
@@ -399,50 +476,70 @@ class FedhetStrategy(FedAvg):
                 entry["status"] = "dropped"
                 self.current.drop(node.node_id, node.device_id, "train", str(exc))
                 continue
-            entry.update(status="trained", **{
-                k: metrics[k] for k in ("train-seconds", "num-examples", "train-loss") if k in metrics
-            })
-            entry.update({k: v for k, v in metrics.items() if k.startswith("plan-") or k.startswith("measured-")})
+            entry.update(
+                status="trained",
+                **{
+                    k: metrics[k]
+                    for k in ("train-seconds", "num-examples", "train-loss")
+                    if k in metrics
+                },
+            )
+            entry.update(
+                {
+                    k: v
+                    for k, v in metrics.items()
+                    if k.startswith("plan-") or k.startswith("measured-")
+                }
+            )
             valid.append(Reply(node, arrays, metrics, n))
         for entry in self.current.nodes.values():
             if entry["status"] == "sent":
                 entry["status"] = "no-reply"
-                self.current.drop(entry["node-id"], entry["device-id"], "train", "no reply before timeout")
+                self.current.drop(
+                    entry["node-id"], entry["device-id"], "train", "no reply before timeout"
+                )
         if valid:
             self.aggregate(server_round, valid)
         total_n = sum(r.num_examples for r in valid)
-        metrics_out: dict[str, float | int] = {"num-replies": len(valid)}
+        metrics_out: dict[str, Any] = {"num-replies": len(valid)}
         if total_n > 0:
             metrics_out["train-loss"] = float(
                 sum(r.num_examples * float(r.metrics["train-loss"]) for r in valid) / total_n
             )
         return to_array_record(self.global_arrays), MetricRecord(metrics_out)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         msgs = []
         for node in self.sample(grid, server_round, self.shared.fraction_evaluate, "evaluate"):
             payload, extra = self.eval_payload(node, server_round)
-            msgs.append(self._message(node, payload, {**dict(config), **extra}, server_round,
-                                      MessageType.EVALUATE))
+            msgs.append(
+                self._message(
+                    node, payload, {**dict(config), **extra}, server_round, MessageType.EVALUATE
+                )
+            )
         return msgs
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         """Accuracy = Σ correct / Σ samples over the nodes' local test sets (never a mean of means)."""
         correct = total = 0
         loss = 0.0
         for reply in replies:
             node = self._reply_node(reply)
             if node is None or reply.has_error():
-                reason = reply.error.reason if reply.has_error() else "unknown node"
-                self.current.drop(reply.metadata.src_node_id, node.device_id if node else None,
-                                  "evaluate", reason)
+                reason = str(reply.error.reason) if reply.has_error() else "unknown node"
+                # an error reply's sender is the SuperLink: name the node it was meant for
+                node_id = node.node_id if node else reply.metadata.src_node_id
+                self.current.drop(node_id, node.device_id if node else None, "evaluate", reason)
                 continue
-            payload, size = record_bytes(reply.content)
+            _, size = record_bytes(reply.content)
             entry = self.current.node(node)
             entry["bytes-up"] += size
             self.totals["bytes-up"] += size
-            m = dict(reply.content.metric_records.get("metrics", MetricRecord()))
+            m: dict[str, Any] = dict(reply.content.metric_records.get("metrics", MetricRecord()))
             try:
                 c, n, lo = int(m["eval-correct"]), int(m["num-examples"]), float(m["eval-loss"])
                 if n < 0 or not 0 <= c <= n or not np.isfinite(lo):
@@ -455,8 +552,9 @@ class FedhetStrategy(FedAvg):
             entry.update({k: v for k, v in m.items() if k.startswith("eval-") and k not in entry})
         if total == 0:
             return None
-        return MetricRecord({"eval-accuracy": correct / total, "eval-loss": loss / total,
-                             "eval-examples": total})
+        return MetricRecord(
+            {"eval-accuracy": correct / total, "eval-loss": loss / total, "eval-examples": total}
+        )
 
     # ------------------------------------------------------------------------------------------
     # The round loop
@@ -481,8 +579,11 @@ class FedhetStrategy(FedAvg):
                     f"round {server_round}: only {len(ready)} registered nodes after "
                     f"{self.shared.round_timeout:.0f} s; 'min-nodes' is {self.shared.min_nodes}"
                 )
-            log.info("waiting for nodes: %d registered and connected, need %d", len(ready),
-                     self.shared.min_nodes)
+            log.info(
+                "waiting for nodes: %d registered and connected, need %d",
+                len(ready),
+                self.shared.min_nodes,
+            )
             time.sleep(1.0)
 
     def _global_test(self) -> Any:
@@ -545,8 +646,13 @@ class FedhetStrategy(FedAvg):
         server_metrics = self.server_evaluate(server_round)
         return self._round_record(server_round, train_metrics, eval_metrics, server_metrics)
 
-    def _round_record(self, server_round: int, train: MetricRecord | None,
-                      evaluation: MetricRecord | None, server: dict[str, float]) -> dict[str, Any]:
+    def _round_record(
+        self,
+        server_round: int,
+        train: MetricRecord | None,
+        evaluation: MetricRecord | None,
+        server: dict[str, float],
+    ) -> dict[str, Any]:
         nodes = sorted(self.current.nodes.values(), key=lambda e: e["node-id"])
         down = sum(e["bytes-down"] for e in nodes)
         up = sum(e["bytes-up"] for e in nodes)
@@ -572,9 +678,16 @@ class FedhetStrategy(FedAvg):
         }
         return record
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int | None = None,
-              timeout: float | None = None, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None, evaluate_fn: Any = None) -> Any:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int | None = None,
+        timeout: float | None = None,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Any = None,
+    ) -> Any:
         """Run (or resume) the whole federation; returns the list of per-round metric lines."""
         num_rounds = num_rounds or self.shared.num_server_rounds
         self.summary()
@@ -598,12 +711,23 @@ class FedhetStrategy(FedAvg):
             log.info(
                 "[round %d/%d] %s trained=%d dropped=%d loss=%s acc(local)=%s acc(global)=%s "
                 "up=%.2f MB down=%.2f MB  %.1fs, eta %.0fs",
-                server_round, num_rounds, self.name, record["num-trained"], len(record["dropped"]),
-                _fmt(record["train-loss"]), _fmt(acc), _fmt(sacc), record["bytes-up"] / 1e6,
-                record["bytes-down"] / 1e6, record["wall-seconds"], eta,
+                server_round,
+                num_rounds,
+                self.name,
+                record["num-trained"],
+                len(record["dropped"]),
+                _fmt(record["train-loss"]),
+                _fmt(acc),
+                _fmt(sacc),
+                record["bytes-up"] / 1e6,
+                record["bytes-down"] / 1e6,
+                record["wall-seconds"],
+                eta,
             )
         if last >= num_rounds:
-            log.info("run %s already completed %d rounds; nothing to do", self.shared.run_name, last)
+            log.info(
+                "run %s already completed %d rounds; nothing to do", self.shared.run_name, last
+            )
         self._save_profiles()
         return history
 

@@ -57,7 +57,9 @@ def validate_arrays(
         shape, dtype = expected[name]
         if np.dtype(arr.dtype) != dtype:
             raise ReplyError(f"array {name!r}: dtype {arr.dtype}, expected {dtype}")
-        if len(shape) != arr.ndim or any(s not in (-1, a) for s, a in zip(shape, arr.shape, strict=True)):
+        if len(shape) != arr.ndim or any(
+            s not in (-1, a) for s, a in zip(shape, arr.shape, strict=True)
+        ):
             raise ReplyError(f"array {name!r}: shape {tuple(arr.shape)}, expected {shape}")
         if sizes is not None and name in sizes and arr.size != sizes[name]:
             raise ReplyError(f"array {name!r}: {arr.size} values, expected {sizes[name]}")

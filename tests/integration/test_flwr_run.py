@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+
 import pytest
 
 from fedhet.cli import run_simulation
@@ -18,9 +19,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_flwr_run_simulation_completes(tmp_path, monkeypatch):
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     run_dir = tmp_path / "runs" / "it-fedavg"
-    overrides = (f"method='fedavg' num-server-rounds=2 dataset='digits' output-dir='{tmp_path / 'runs'}' "
-                 "run-name='it-fedavg' min-nodes=3 local-steps=2 batch-size=16 "
-                 "max-train-per-client=100 local-test-size=40 profile-bench=false")
+    overrides = (
+        f"method='fedavg' num-server-rounds=2 dataset='digits' output-dir='{tmp_path / 'runs'}' "
+        "run-name='it-fedavg' min-nodes=3 local-steps=2 batch-size=16 "
+        "max-train-per-client=100 local-test-size=40 profile-bench=false"
+    )
     status, run_id = run_simulation(overrides, nodes=3, run_dir=run_dir, rounds=2, timeout=420)
     assert run_id is not None
     assert status == "finished:completed", status
@@ -35,7 +38,9 @@ def test_flwr_run_simulation_completes(tmp_path, monkeypatch):
 def test_flwr_run_with_bad_config_fails_with_status(tmp_path, monkeypatch):
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     overrides = "method='fedavg' num-server-rounds=0 min-nodes=2"
-    status, run_id = run_simulation(overrides, nodes=2, run_dir=tmp_path / "none", rounds=1, timeout=240)
+    status, run_id = run_simulation(
+        overrides, nodes=2, run_dir=tmp_path / "none", rounds=1, timeout=240
+    )
     assert run_id is not None
     assert status.startswith("finished:") and status != "finished:completed"
     assert os.path.exists(tmp_path / "flwr-home")

@@ -23,16 +23,18 @@ TINY = {
 
 
 def tiny_config(method: str, tmp: Path, num_nodes: int = 6, **overrides: Any) -> dict[str, Any]:
-    raw = default_run_config(method=method, output_dir=str(tmp), min_nodes=num_nodes,
-                             run_name=f"t-{method}")
+    raw = default_run_config(
+        method=method, output_dir=str(tmp), min_nodes=num_nodes, run_name=f"t-{method}"
+    )
     raw.update(TINY)
     raw.update(dict(get_method(method).test_overrides))
     raw.update({k if "." in k else k.replace("_", "-"): v for k, v in overrides.items()})
     return raw
 
 
-def make(method: str, tmp: Path, num_nodes: int = 6, node_extra: dict | None = None,
-         **overrides: Any) -> tuple[Any, LocalGrid]:
+def make(
+    method: str, tmp: Path, num_nodes: int = 6, node_extra: dict | None = None, **overrides: Any
+) -> tuple[Any, LocalGrid]:
     """A strategy (writing to ``tmp``) and a LocalGrid of ``num_nodes`` simulated devices."""
     from client_app.app import app as client_app
 

@@ -84,7 +84,9 @@ def test_resume_continues_from_checkpoint(tmp_path):
     strategy.start(grid)
     after_one = {k: np.array(v) for k, v in strategy.global_arrays.items()}
     raw = tiny_config("fedavg", tmp_path, num_server_rounds=2)
-    resumed = get_method("fedavg").strategy_cls(parse_run_config(raw), RunDir(tmp_path / "t-fedavg"))
+    resumed = get_method("fedavg").strategy_cls(
+        parse_run_config(raw), RunDir(tmp_path / "t-fedavg")
+    )
     history = resumed.start(grid)
     assert [h["round"] for h in history] == [2]
     rows = RunDir(tmp_path / "t-fedavg").read_metrics()
@@ -101,7 +103,7 @@ def test_resume_with_different_config_fails_clearly(tmp_path):
     strategy.start(grid)
     raw = tiny_config("fedavg", tmp_path, lr=0.5)
     other = get_method("fedavg").strategy_cls(parse_run_config(raw), RunDir(tmp_path / "t-fedavg"))
-    with pytest.raises(ConfigError, match="lr: 0.05 → 0.5"):
+    with pytest.raises(ConfigError, match=r"lr: 0\.05 → 0\.5"):
         other.start(grid)
 
 
@@ -119,3 +121,28 @@ def test_device_with_its_own_data_path(tmp_path):
     assert entry["status"] == "trained" and entry["device-id"] == "press-1"
     assert entry["num-examples"] == 120  # 80 % of the device's 150 samples train, 20 % test locally
     assert not strategy.nodes[own].profile.simulated
+
+
+def test_evaluate_error_reply_is_logged_under_the_dead_node(tmp_path, monkeypatch):
+    """A SuperLink error reply has the SuperLink as sender; ``dropped`` must name the node.
+
+    Seen on a real SuperLink: a node SIGKILLed during the train phase is still sampled for
+    evaluation and its evaluate message comes back as "Node Unavailable" from node id 1.
+    """
+    strategy, grid = make("fedavg", tmp_path, num_nodes=3, num_server_rounds=1, min_nodes=2)
+    victim = sorted(grid.contexts)[1]
+    handle = grid._handle
+
+    def dies_before_evaluate(msg):
+        if msg.metadata.dst_node_id == victim and msg.metadata.message_type == "evaluate":
+            return grid._error(msg, "Node Unavailable")
+        return handle(msg)
+
+    monkeypatch.setattr(grid, "_handle", dies_before_evaluate)
+    history = strategy.start(grid)
+    drops = [d for d in history[0]["dropped"] if d["stage"] == "evaluate"]
+    assert drops == [
+        {"node-id": victim, "device-id": strategy.nodes[victim].device_id, "stage": "evaluate",
+         "reason": "Node Unavailable"}
+    ]
+    assert history[0]["num-trained"] == 3

@@ -8,8 +8,12 @@ from fedhet.core.aggregate import Contribution, masked_mean, weighted_mean
 
 def test_weighted_mean_by_hand():
     base = {"w": np.zeros(2, np.float32), "bn.num_batches_tracked": np.array(5)}
-    a = Contribution({"w": np.array([1.0, 2.0], np.float32), "bn.num_batches_tracked": np.array(9)}, 1)
-    b = Contribution({"w": np.array([4.0, 8.0], np.float32), "bn.num_batches_tracked": np.array(9)}, 3)
+    a = Contribution(
+        {"w": np.array([1.0, 2.0], np.float32), "bn.num_batches_tracked": np.array(9)}, 1
+    )
+    b = Contribution(
+        {"w": np.array([4.0, 8.0], np.float32), "bn.num_batches_tracked": np.array(9)}, 3
+    )
     out = weighted_mean([a, b], base)
     np.testing.assert_allclose(out["w"], [(1 + 12) / 4, (2 + 24) / 4])
     assert out["bn.num_batches_tracked"] == 5  # counters are never averaged
@@ -22,8 +26,12 @@ def test_weighted_mean_requires_every_tensor():
 
 def test_holders_mean_leaves_unheld_coordinates_unchanged():
     base = {"w": np.array([1.0, 1.0, 1.0], np.float32)}
-    a = Contribution({"w": np.array([3.0, 5.0, 0.0], np.float32)}, 1, {"w": np.array([1, 1, 0], bool)})
-    b = Contribution({"w": np.array([5.0, 0.0, 0.0], np.float32)}, 1, {"w": np.array([1, 0, 0], bool)})
+    a = Contribution(
+        {"w": np.array([3.0, 5.0, 0.0], np.float32)}, 1, {"w": np.array([1, 1, 0], bool)}
+    )
+    b = Contribution(
+        {"w": np.array([5.0, 0.0, 0.0], np.float32)}, 1, {"w": np.array([1, 0, 0], bool)}
+    )
     out = masked_mean([a, b], base, mode="holders")
     # coord 0: mean update (2 + 4)/2 = 3 → 4; coord 1: only a, +4 → 5; coord 2: nobody → 1
     np.testing.assert_allclose(out["w"], [4.0, 5.0, 1.0])

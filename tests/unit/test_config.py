@@ -1,5 +1,6 @@
 """Run config, node config and profile validation: clear errors that name the key."""
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -36,28 +37,28 @@ def test_pyproject_defaults_parse_and_cover_every_shared_key():
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(ConfigError, match="'num-server-round'"):
+    with pytest.raises(ConfigError, match=r"'num-server-round'"):
         parse_run_config(default_run_config(**{"num-server-round": 3}))
 
 
 def test_out_of_range_and_wrong_type_name_the_key():
     with pytest.raises(ConfigError, match="'num-server-rounds' = 0"):
         parse_run_config(default_run_config(num_server_rounds=0))
-    with pytest.raises(ConfigError, match="'lr' = 'fast'"):
+    with pytest.raises(ConfigError, match=r"'lr' = 'fast'"):
         parse_run_config(default_run_config(lr="fast"))
-    with pytest.raises(ConfigError, match="'partition'.*allowed|'partition' = 'random'"):
+    with pytest.raises(ConfigError, match=r"'partition' = 'random'"):
         parse_run_config(default_run_config(partition="random"))
 
 
 def test_unknown_method_lists_registered():
-    with pytest.raises(ConfigError, match="allowed: " + ", ".join(METHODS)):
+    with pytest.raises(ConfigError, match="allowed: " + re.escape(", ".join(METHODS))):
         parse_run_config(default_run_config(method="fedsgd"))
 
 
 def test_method_keys_are_validated():
-    with pytest.raises(ConfigError, match="'fedavg.momentum' = 2"):
+    with pytest.raises(ConfigError, match=r"'fedavg\.momentum' = 2"):
         parse_run_config(default_run_config(**{"fedavg.momentum": 2}))
-    with pytest.raises(ConfigError, match="'fedavg.mommentum'"):
+    with pytest.raises(ConfigError, match=r"'fedavg\.mommentum'"):
         parse_run_config(default_run_config(**{"fedavg.mommentum": 0.5}))
     cfg = parse_run_config(default_run_config(**{"fedavg.momentum": 0.9}))
     assert cfg.method.momentum == 0.9
@@ -83,8 +84,14 @@ def test_node_config_errors():
 
 
 def good_profile(**kw):
-    p = {"device-id": "d1", "device-class": "weak", "cores": 2.0,
-         "mem-total-bytes": 8_000_000_000, "mem-avail-bytes": 4_000_000_000, "bench-ms": 30.0}
+    p = {
+        "device-id": "d1",
+        "device-class": "weak",
+        "cores": 2.0,
+        "mem-total-bytes": 8_000_000_000,
+        "mem-avail-bytes": 4_000_000_000,
+        "bench-ms": 30.0,
+    }
     p.update(kw)
     return p
 

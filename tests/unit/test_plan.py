@@ -6,12 +6,19 @@ from fedhet.config import SharedConfig
 from fedhet.plan import Budget, FleetReference, budget_for, fleet_class
 from fedhet.profile import parse_profile
 
-REF = FleetReference(full_update_bytes=1_000_000, full_train_memory_bytes=4_000_000, reference_bench_ms=10.0)
+REF = FleetReference(
+    full_update_bytes=1_000_000, full_train_memory_bytes=4_000_000, reference_bench_ms=10.0
+)
 
 
 def profile(**kw):
-    p = {"device-id": "d", "device-class": "custom", "cores": 2.0, "mem-total-bytes": 10**9,
-         "mem-avail-bytes": 10**9}
+    p = {
+        "device-id": "d",
+        "device-class": "custom",
+        "cores": 2.0,
+        "mem-total-bytes": 10**9,
+        "mem-avail-bytes": 10**9,
+    }
     p.update(kw)
     return parse_profile(p)
 

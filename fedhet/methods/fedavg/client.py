@@ -32,12 +32,17 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     split = ctx.data()
     server_round = int(config_of(msg)["server-round"])
     model = _model(ctx, msg, split.train.num_classes)
-    steps = num_local_steps(len(split.train), shared.batch_size, shared.local_epochs, shared.local_steps)
-    batches = split.train.sample_batches(
-        shared.batch_size, steps, seed=derive_seed(shared.seed, ctx.device_id, server_round, "batches")
+    steps = num_local_steps(
+        len(split.train), shared.batch_size, shared.local_epochs, shared.local_steps
     )
-    metrics = train_sgd(model, batches, lr=shared.lr, momentum=mcfg.momentum,
-                        weight_decay=mcfg.weight_decay)
+    batches = split.train.sample_batches(
+        shared.batch_size,
+        steps,
+        seed=derive_seed(shared.seed, ctx.device_id, server_round, "batches"),
+    )
+    metrics = train_sgd(
+        model, batches, lr=shared.lr, momentum=mcfg.momentum, weight_decay=mcfg.weight_decay
+    )
     metrics["num-examples"] = len(split.train)
     return reply_content(state_to_numpy(model.state_dict()), metrics)
 

@@ -20,10 +20,16 @@ class FedAvgDropStrategy(FedAvgStrategy):
 
     name: ClassVar[str] = "fedavg-drop"
 
-    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(
+        self, profile: DeviceProfile, budget: Budget
+    ) -> tuple[bool, dict[str, Any], str]:
         if budget.is_full:
             return True, {}, ""
-        return False, {}, (
-            f"budget below full training (T={budget.time:.2f}, M={budget.memory:.2f}, "
-            f"D_min={budget.upload_min:.2f})"
+        return (
+            False,
+            {},
+            (
+                f"budget below full training (T={budget.time:.2f}, M={budget.memory:.2f}, "
+                f"D_min={budget.upload_min:.2f})"
+            ),
         )

@@ -65,8 +65,24 @@ METHODS: dict[str, MethodEntry] = {
     e.name: e
     for e in [
         _entry("fedavg", "fedavg", "FedAvg", "FedAvg: every device trains the full model."),
-        _entry("fedavg-drop", "fedavg", "FedAvgDrop",
-               "FedAvg that leaves out devices whose budget cannot do full training."),
+        _entry(
+            "fedavg-drop",
+            "fedavg",
+            "FedAvgDrop",
+            "FedAvg that leaves out devices whose budget cannot do full training.",
+        ),
+        _entry(
+            "fiarse",
+            "fiarse",
+            "Fiarse",
+            "FIARSE: top-γ magnitude submodels, surrogate-gradient masks (arXiv 2407.19389).",
+        ),
+        _entry(
+            "heterofl", "width", "HeteroFL", "HeteroFL: static nested width slices (ICLR 2021)."
+        ),
+        _entry("fedrolex", "width", "FedRolex", "FedRolex: rolling width window (NeurIPS 2022)."),
+        ),
+        ),
     ]
 }
 

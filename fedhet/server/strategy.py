@@ -640,7 +640,12 @@ class FedhetStrategy(FedAvg):
         self._wait_for_nodes(grid, server_round)
         base_cfg = ConfigRecord({"server-round": server_round})
         train_msgs = list(self.configure_train(server_round, ArrayRecord(), base_cfg, grid))
+        for entry in self.current.nodes.values():
+            entry["train-payload-bytes-down"] = entry["payload-bytes-down"]
         _, train_metrics = self.aggregate_train(server_round, self._send(grid, train_msgs))
+        nodes = self.current.nodes.values()
+        self.current.extras["train-bytes-down"] = sum(e["bytes-down"] for e in nodes)
+        self.current.extras["train-bytes-up"] = sum(e["bytes-up"] for e in nodes)
         eval_msgs = list(self.configure_evaluate(server_round, ArrayRecord(), base_cfg, grid))
         eval_metrics = self.aggregate_evaluate(server_round, self._send(grid, eval_msgs))
         server_metrics = self.server_evaluate(server_round)

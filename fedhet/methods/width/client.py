@@ -1,0 +1,89 @@
+"""HeteroFL / FedRolex device side: train the received width-β slice, upload it whole.
+
+The slice loads into ``build_model(model, width=β)`` (METHODS.md B12); local training is plain SGD
+with a fresh optimiser. With ``width-scaler`` the hidden layers' outputs are divided by β during
+training (HeteroFL's scaler module, Diao et al., ICLR 2021, §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from flwr.app import Message, RecordDict
+from torch import nn
+
+from fedhet.client.runtime import (
+    ClientContext,
+    arrays_of,
+    config_of,
+    numpy_to_state,
+    reply_content,
+    state_to_numpy,
+)
+from fedhet.client.training import evaluate_model, num_local_steps, train_sgd
+from fedhet.core.seeding import derive_seed
+from fedhet.methods.width.config import WidthConfig
+from fedhet.methods.width.strategy import BETA_KEY
+from fedhet.models import build_model
+
+
+def _slice_model(msg: Message, ctx: ClientContext, num_classes: int) -> tuple[nn.Module, float]:
+    beta = float(config_of(msg)[BETA_KEY])
+    model = build_model(ctx.run.shared.model, num_classes=num_classes, width=beta)
+    model.load_state_dict(numpy_to_state(arrays_of(msg)))
+    return model, beta
+
+
+@contextmanager
+def width_scaler(model: nn.Module, beta: float, enabled: bool) -> Iterator[None]:
+    """Divide every hidden conv/linear output by β in training mode (HeteroFL's scaler)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = []
+    if enabled and beta < 1:
+        for layer in layers[:-1]:  # the classifier is not scaled
+
+            def hook(mod: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+                return out / beta if mod.training else out
+
+            handles.append(layer.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def train(msg: Message, ctx: ClientContext) -> RecordDict:
+    """Local SGD on the slice; upload the trained slice (dense; the server keeps the indices)."""
+    shared = ctx.run.shared
+    wcfg: WidthConfig = ctx.run.method_as(WidthConfig)
+    split = ctx.data()
+    server_round = int(config_of(msg)["server-round"])
+    model, beta = _slice_model(msg, ctx, split.train.num_classes)
+    steps = num_local_steps(
+        len(split.train), shared.batch_size, shared.local_epochs, shared.local_steps
+    )
+    batches = split.train.sample_batches(
+        shared.batch_size,
+        steps,
+        seed=derive_seed(shared.seed, ctx.device_id, server_round, "batches"),
+    )
+    with width_scaler(model, beta, wcfg.width_scaler):
+        metrics = train_sgd(model, batches, lr=shared.lr)
+    metrics["num-examples"] = len(split.train)
+    metrics["plan-beta"] = beta
+    return reply_content(state_to_numpy(model.state_dict()), metrics)
+
+
+def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
+    """Accuracy of the received static slice on the device's local test set."""
+    split = ctx.data()
+    model, _ = _slice_model(msg, ctx, split.test.num_classes)
+    correct, total, loss = evaluate_model(model, split.test)
+    return reply_content(
+        None,
+        {"num-examples": total, "eval-correct": correct, "eval-loss": loss, "eval-examples": total},
+    )

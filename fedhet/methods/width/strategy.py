@@ -1,0 +1,192 @@
+"""HeteroFL and FedRolex servers: width-β slices of one global model, holder averaging.
+
+Both send each device a dense slice keeping ⌈β·C⌉ units of every hidden layer (β = √γ, so a
+device of size γ trains about γ of the parameters, as in FIARSE) and average every coordinate
+over the devices that held it (METHODS.md B2 ``holders``, B12). They differ only in which units:
+HeteroFL (Diao et al., ICLR 2021) keeps the first ones every round; FedRolex (Alam et al.,
+NeurIPS 2022) rolls the window by one unit per round. Evaluation uses the static slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from fedhet.config import ConfigError, RunConfig
+from fedhet.core.aggregate import Contribution, masked_mean
+from fedhet.core.width import WIDTH_MODELS, extract_submodel, scatter_submodel, width_indices
+from fedhet.methods.width.config import WidthConfig
+from fedhet.plan import Budget
+from fedhet.profile import DeviceProfile
+from fedhet.server.run_dir import RunDir
+from fedhet.server.sizes import SizedStrategy, size_key
+from fedhet.server.strategy import Node, Reply
+from fedhet.server.validate import ArraySpec, ReplyError, spec_of
+
+log = logging.getLogger("fedhet")
+
+BETA_KEY = "width-beta"
+OFFSET_KEY = "width-offset"
+
+
+class WidthStrategy(SizedStrategy):
+    """Shared server of the width baselines; subclasses set :attr:`mode`.
+
+    Plan knobs: ``gamma`` (as FIARSE assigns it) and ``beta`` = √γ. Train config carries
+    ``width-beta`` and ``width-offset`` (the rolling window's start; 0 for static). Metrics as
+    FIARSE's: ``server-accuracy`` = Global (mean over ladder sizes of the static slice's
+    global-test accuracy), ``server-accuracy-g<γ>``, ``model-accuracy-g<γ>``, ``local-accuracy``,
+    ``train-bytes-down`` / ``train-bytes-up``.
+    """
+
+    name: ClassVar[str] = "width"
+    #: ``static`` (HeteroFL) or ``rolling`` (FedRolex), see :func:`fedhet.core.width.kept_units`.
+    mode: ClassVar[str] = "static"
+
+    def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
+        super().__init__(cfg, run_dir)
+        if self.shared.model not in WIDTH_MODELS:
+            raise ConfigError(
+                f"invalid run config: 'model' = {self.shared.model!r}; {self.name} supports "
+                f"{', '.join(WIDTH_MODELS)}"
+            )
+        self.wcfg: WidthConfig = cfg.method_as(WidthConfig)
+        self._round_indices: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self._round_specs: dict[str, dict[str, ArraySpec]] = {}
+
+    # plan -------------------------------------------------------------------------------------
+    # slices -----------------------------------------------------------------------------------
+    def plan_knobs(
+        self, profile: DeviceProfile, budget: Budget
+    ) -> tuple[bool, dict[str, Any], str]:
+        """The shared size plan plus width β = √γ (so slices match FIARSE's parameter budget)."""
+        participates, knobs, reason = super().plan_knobs(profile, budget)
+        knobs["beta"] = math.sqrt(float(knobs["gamma"]))
+        return participates, knobs, reason
+
+    def _global_torch(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in self.global_arrays.items()}
+
+    def offset(self, server_round: int) -> int:
+        """Start of the kept window in ``server_round``: t − 1 (rolling) or 0 (static)."""
+        return server_round - 1 if self.mode == "rolling" else 0
+
+    def slice_for(
+        self, beta: float, mode: str, offset: int
+    ) -> tuple[dict[str, list[torch.Tensor]], dict[str, np.ndarray]]:
+        """Indices and the dense slice of the global model (METHODS.md B12)."""
+        state = self._global_torch()
+        idx = width_indices(state, self.shared.model, beta, mode, offset)
+        sub = extract_submodel(state, idx)
+        return idx, {k: v.numpy() for k, v in sub.items()}
+
+    # rounds -----------------------------------------------------------------------------------
+    def train_payload(
+        self, node: Node, server_round: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        beta = float(node.plan.knobs["beta"])
+        offset = self.offset(server_round)
+        idx, sub = self.slice_for(beta, self.mode, offset)
+        self._round_indices[node.device_id] = idx
+        self._round_specs[node.device_id] = spec_of(sub)
+        entry = self.current.node(node)
+        entry["width-gamma"] = float(node.plan.knobs["gamma"])
+        entry["width-beta"] = beta
+        return sub, {BETA_KEY: beta, OFFSET_KEY: offset}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._round_indices, self._round_specs = {}, {}
+        return list(super().configure_train(server_round, arrays, config, grid))
+
+    def expected_reply(self, node: Node, server_round: int) -> dict[str, ArraySpec]:
+        spec = self._round_specs.get(node.device_id)
+        if spec is None:
+            raise ReplyError("no slice was sent to this device this round")
+        return spec
+
+    def aggregate(self, server_round: int, replies: list[Reply]) -> None:
+        """B2 ``holders``, unweighted, η_g = ``server-lr``: each coordinate averaged over the
+        devices whose slice held it (HeteroFL §3, FedRolex §3); unheld coordinates unchanged."""
+        base = self.global_arrays
+        full = self._global_torch()
+        contribs: list[Contribution] = []
+        for reply in replies:
+            idx = self._round_indices[reply.node.device_id]
+            sub = {k: torch.from_numpy(np.asarray(v)) for k, v in reply.arrays.items()}
+            values, held = scatter_submodel(sub, idx, full)
+            tensors: dict[str, np.ndarray] = {}
+            masks: dict[str, np.ndarray | bool] = {}
+            for name, val in values.items():
+                h = held[name].numpy()
+                tensors[name] = np.where(h, val.numpy(), base[name])
+                masks[name] = h
+            contribs.append(Contribution(tensors, 1.0, masks))
+        if contribs:
+            self.global_arrays = masked_mean(
+                contribs, base, mode="holders", server_lr=self.wcfg.server_lr
+            )
+
+    # evaluation -------------------------------------------------------------------------------
+    def eval_payload(
+        self, node: Node, server_round: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The static slice of the device's own width (B12: evaluation uses the static slice)."""
+        beta = float(node.plan.knobs["beta"])
+        _, sub = self.slice_for(beta, "static", 0)
+        return sub, {BETA_KEY: beta, OFFSET_KEY: 0}
+
+    def server_evaluate(self, server_round: int) -> dict[str, float]:
+        """Global-test accuracy of the static slice of every ladder size; mean = Global."""
+        if not self.evaluates(server_round):
+            return {}
+        data = self._global_test()
+        if data is None:
+            return {}
+        from fedhet.client.training import evaluate_model
+        from fedhet.models import build_model
+
+        out: dict[str, float] = {}
+        for gamma in self.wcfg.sizes:
+            beta = math.sqrt(gamma)
+            _, sub = self.slice_for(beta, "static", 0)
+            model = build_model(self.shared.model, num_classes=data.num_classes, width=beta)
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in sub.items()})
+            correct, total, _ = evaluate_model(model, data, batch_size=500)
+            out[f"server-accuracy-{size_key(gamma)}"] = correct / max(total, 1)
+        out["server-accuracy"] = float(
+            np.mean([out[f"server-accuracy-{size_key(g)}"] for g in self.wcfg.sizes])
+        )
+        return out
+
+    def summary(self) -> None:
+        super().summary()
+        log.info(
+            "  %s: %s slices, sizes %s, widths %s",
+            self.name,
+            self.mode,
+            self.wcfg.sizes,
+            [round(math.sqrt(g), 4) for g in self.wcfg.sizes],
+        )
+
+
+class HeteroFLStrategy(WidthStrategy):
+    """HeteroFL (ICLR 2021): static nested slices, units 0…⌈βC⌉−1."""
+
+    name: ClassVar[str] = "heterofl"
+    mode: ClassVar[str] = "static"
+
+
+class FedRolexStrategy(WidthStrategy):
+    """FedRolex (NeurIPS 2022): rolling window, units (t + k) mod C with t = round − 1."""
+
+    name: ClassVar[str] = "fedrolex"
+    mode: ClassVar[str] = "rolling"

@@ -1,0 +1,163 @@
+"""HeteroFL (static) and FedRolex (rolling) width baselines (METHODS.md B12, §7.6).
+
+End-to-end tests run the real ClientApp handlers through :class:`fedhet.sim.LocalGrid` on sklearn
+digits with 4 devices and tiny settings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Message, MessageType
+
+from fedhet.config import default_run_config, parse_run_config
+from fedhet.methods import get_method
+from fedhet.methods.width.client import width_scaler
+from fedhet.methods.width.strategy import BETA_KEY, OFFSET_KEY, WidthStrategy
+from fedhet.models import build_model
+from fedhet.sim import LocalGrid, simulated_node_configs
+
+LADDER = (1 / 64, 1 / 16, 1 / 4, 1.0)
+
+
+def run_config(method: str, **extra: Any) -> dict[str, Any]:
+    raw = default_run_config(
+        method=method,
+        dataset="digits",
+        num_server_rounds=2,
+        min_nodes=4,
+        local_steps=2,
+        batch_size=16,
+        lr=0.1,
+        profile_bench=False,
+        local_test_size=40,
+        partition="iid",
+    )
+    raw[f"{method}.size-assignment"] = "equal-groups"
+    raw.update(extra)
+    return raw
+
+
+def run_grid(
+    raw: dict[str, Any], corrupt: Any = None
+) -> tuple[WidthStrategy, LocalGrid, list[dict[str, Any]]]:
+    from client_app.app import app
+
+    torch.set_num_threads(1)
+    grid = LocalGrid(app, simulated_node_configs(4), raw)
+    grid.corrupt = corrupt
+    strategy = get_method(raw["method"]).strategy_cls(parse_run_config(raw), None)
+    history = strategy.start(grid)
+    return strategy, grid, history
+
+
+@pytest.mark.parametrize("method", ["heterofl", "fedrolex"])
+def test_two_rounds_with_per_size_metrics_and_offsets(method: str) -> None:
+    _, grid, history = run_grid(run_config(method))
+    assert [h["num-trained"] for h in history] == [4, 4]
+    for h in history:
+        assert not h["dropped"]
+        assert h["server-accuracy"] == pytest.approx(
+            np.mean([h[f"server-accuracy-g{g:g}"] for g in LADDER])
+        )
+        assert set(h) >= {f"model-accuracy-g{g:g}" for g in LADDER} | {"local-accuracy"}
+        betas = sorted(n["width-beta"] for n in h["nodes"])
+        assert betas == pytest.approx([math.sqrt(g) for g in LADDER])
+        ups = [n["payload-bytes-up"] for n in sorted(h["nodes"], key=lambda n: n["width-beta"])]
+        assert ups == sorted(ups)
+    offsets = [
+        (
+            int(m.content.config_records["config"]["server-round"]),
+            int(m.content.config_records["config"][OFFSET_KEY]),
+        )
+        for m in grid.sent_log
+        if m.metadata.message_type == MessageType.TRAIN
+    ]
+    expected = {1: 0, 2: 1 if method == "fedrolex" else 0}
+    assert all(off == expected[rnd] for rnd, off in offsets)
+    evals = [m for m in grid.sent_log if m.metadata.message_type == MessageType.EVALUATE]
+    assert evals and all(int(m.content.config_records["config"][OFFSET_KEY]) == 0 for m in evals)
+
+
+def test_small_slice_payload_is_dense_and_about_gamma() -> None:
+    _, _, history = run_grid(run_config("heterofl", **{"num-server-rounds": 1}))
+    full = 4 * 421_642
+    small = next(n for n in history[0]["nodes"] if n["width-beta"] == 0.125)
+    # cnn_s at width 1/8: 40 + 296 + 6,288 + 170 = 6,794 parameters, sent dense
+    width_model = build_model("cnn_s", width=0.125).state_dict()
+    assert sum(v.numel() for v in width_model.values()) == 6794
+    dense_slice = ArrayRecord(array_dict={k: Array(v.numpy()) for k, v in width_model.items()})
+    assert small["train-payload-bytes-down"] == dense_slice.count_bytes()
+    assert small["payload-bytes-up"] == pytest.approx(full / 64, rel=0.1)
+
+
+@pytest.mark.parametrize("method", ["heterofl", "fedrolex"])
+def test_unheld_coordinates_stay_unchanged(method: str) -> None:
+    """All devices at γ = 1/64 (β = 1/8): units outside every slice keep their initial values;
+    FedRolex's round-2 window (offset 1) leaves unit 0 unheld in that round."""
+    raw = run_config(method, **{f"{method}.gamma": 1 / 64, f"{method}.ladder": "0.015625"})
+    raw["num-server-rounds"] = 1
+    strategy, _, _ = run_grid(raw)
+    init = get_method(method).strategy_cls(parse_run_config(raw), None).global_arrays
+    w1 = strategy.global_arrays["conv1.weight"]
+    assert np.array_equal(w1[4:], init["conv1.weight"][4:])  # ⌈32/8⌉ = 4 units held
+    assert not np.array_equal(w1[:4], init["conv1.weight"][:4])
+    assert np.array_equal(strategy.global_arrays["fc2.weight"][:, 16:], init["fc2.weight"][:, 16:])
+    if method == "fedrolex":
+        after_round1 = {k: v.copy() for k, v in strategy.global_arrays.items()}
+        strategy.current.extras.clear()
+        from client_app.app import app
+
+        raw2 = {**raw, "num-server-rounds": 2}
+        strategy.shared = parse_run_config(raw2).shared
+        grid = LocalGrid(app, simulated_node_configs(4), raw2)
+        strategy.nodes.clear()
+        strategy.run_round(grid, 2)
+        w2 = strategy.global_arrays["conv1.weight"]
+        assert np.array_equal(w2[0], after_round1["conv1.weight"][0])  # unit 0 not in (1..4)
+        assert not np.array_equal(w2[4], after_round1["conv1.weight"][4])
+
+
+def test_reply_with_wrong_shape_is_dropped() -> None:
+    def bad(node_id: int, reply: Message) -> Message:
+        if node_id == 1001 and reply.metadata.message_type == MessageType.TRAIN:
+            rec = reply.content.array_records["arrays"]
+            rec["fc1.weight"] = Array(rec["fc1.weight"].numpy()[:-1].copy())
+        return reply
+
+    raw = {**run_config("heterofl"), "num-server-rounds": 1}
+    _, _, history = run_grid(raw, corrupt=bad)
+    dropped = history[0]["dropped"]
+    assert len(dropped) == 1 and "shape" in dropped[0]["reason"]
+    assert dropped[0]["device-id"] == "partition-1"
+    assert history[0]["num-trained"] == 3
+
+
+def test_train_config_carries_beta() -> None:
+    _, grid, _ = run_grid({**run_config("fedrolex"), "num-server-rounds": 1})
+    betas = sorted(
+        float(m.content.config_records["config"][BETA_KEY])
+        for m in grid.sent_log
+        if m.metadata.message_type == MessageType.TRAIN
+    )
+    assert betas == pytest.approx([0.125, 0.25, 0.5, 1.0])
+
+
+def test_width_scaler_divides_hidden_outputs_in_training_only() -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn_s", width=0.25)
+    x = torch.randn(2, 1, 28, 28)
+    model.eval()
+    ref = model(x)
+    with width_scaler(model, 0.25, enabled=True):
+        model.eval()
+        torch.testing.assert_close(model(x), ref)
+        model.train()
+        scaled = model(x)
+    assert not torch.allclose(scaled, ref)
+    model.eval()
+    torch.testing.assert_close(model(x), ref)  # hooks removed

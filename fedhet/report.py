@@ -59,6 +59,7 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in rows]
     cum = [(r["cum-bytes-up"] + r["cum-bytes-down"]) / 1e6 for r in rows]
@@ -70,6 +71,7 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
             axes[0].plot(rounds, values, marker="o", ms=3, label=label)
             axes[1].plot(cum, values, marker="o", ms=3, label=label)
     axes[0].set_xlabel("round")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_xlabel("cumulative MB (up + down)")
     for ax in axes:
         ax.set_ylabel("accuracy")
@@ -87,6 +89,7 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
             ys = [float("nan") if v is None else v for v in class_values]
             ax.plot(rounds, ys, marker="o", ms=3, label=cls)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("local-test accuracy")
         ax.set_title("accuracy per device class")
         ax.grid(alpha=0.3)

@@ -203,3 +203,62 @@ def default_run_config(**overrides: Any) -> dict[str, Any]:
     for key, value in overrides.items():
         raw[key if "." in key else kebab(key)] = value
     return raw
+
+
+class LoraAdapterSettings(KebabModel):
+    """LoRA settings shared by the adapter methods (FL-TAC, FedIT); METHODS.md B8, §4.4.
+
+    Local training of adapter methods uses these keys, not the shared ``lr`` / ``local-steps`` /
+    ``batch-size`` (tuned for SGD on image CNNs).
+
+    Attributes
+    ----------
+    rank : int
+        LoRA rank r (each method sets its own default).
+    alpha : float
+        ``lora_alpha``; 0 means 2·r (scaling fixed at 2, our choice; FL-TAC's code: 16).
+    dropout : float
+        LoRA dropout (FL-TAC's code: 0.05).
+    target_modules : str
+        Comma-separated modules to adapt (FL-TAC: ``query,value``).
+    lr : float
+        AdamW learning rate (our choice 2e-3 for MiniLM; FL-TAC's code 5e-4 on BERT).
+    steps : int
+        τ, local steps per (device, task) and round (our choice 10; FL-TAC's code 50).
+    batch_size : int
+        Local batch size (our choice 16; FL-TAC's code 32).
+    max_length : int
+        Token length (our choice 48; the tasks' texts average 10–19 words; FL-TAC's code 128).
+    num_labels : int
+        C_max, outputs of each head (logits beyond a task's classes are masked); 0 = the largest
+        class count of the run's dataset. Set it when devices bring their own CSV data.
+    eval_batch_size : int
+        Batch size of local evaluation.
+    """
+
+    rank: int = Field(1, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(0.0, ge=0, description="lora_alpha; 0 = 2·rank.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: str = Field("query,value", description="Modules with LoRA (comma-separated).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    steps: int = Field(10, ge=1, description="τ: local steps per task and round.")
+    batch_size: int = Field(16, ge=1, description="Local batch size.")
+    max_length: int = Field(48, ge=8, le=512, description="Token length.")
+    num_labels: int = Field(0, ge=0, description="Head outputs (0: C_max of the dataset).")
+    eval_batch_size: int = Field(64, ge=1, description="Local evaluation batch size.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, v: str) -> str:
+        names = [m.strip() for m in v.split(",") if m.strip()]
+        if not names:
+            raise ValueError("give at least one module name, e.g. 'query,value'")
+        return ",".join(names)
+
+    def lora_alpha(self) -> float:
+        """``lora_alpha`` after the 0 → 2·r default."""
+        return self.alpha or 2.0 * self.rank
+
+    def modules(self) -> tuple[str, ...]:
+        """Target modules as a tuple."""
+        return tuple(self.target_modules.split(","))

@@ -30,7 +30,7 @@ def kmeans_labels(
     k : int
         Number of clusters (K = N tasks for FL-TAC).
     seed : int
-        ``random_state`` of K-means.
+        ``random_state`` of K-means (any int; reduced modulo 2**32 for scikit-learn).
     normalise : bool
         L2-normalise rows before clustering.
 
@@ -50,7 +50,8 @@ def kmeans_labels(
     n = data.shape[0]
     if n <= k:
         return np.arange(n, dtype=np.int64), data.copy()
-    model = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(data)
+    # scikit-learn takes seeds in [0, 2**32); fedhet's derived seeds are 63-bit
+    model = KMeans(n_clusters=k, n_init=10, random_state=seed % 2**32).fit(data)
     return model.labels_.astype(np.int64), model.cluster_centers_.astype(np.float32)
 
 

@@ -81,7 +81,33 @@ METHODS: dict[str, MethodEntry] = {
             "heterofl", "width", "HeteroFL", "HeteroFL: static nested width slices (ICLR 2021)."
         ),
         _entry("fedrolex", "width", "FedRolex", "FedRolex: rolling width window (NeurIPS 2022)."),
+        _entry(
+            "fltac",
+            "fltac",
+            "Fltac",
+            "FL-TAC: per-task LoRA adapters, server-side adapter clustering (arXiv 2404.15384).",
+            default_dataset="text-tasks",
+            default_model="minilm",
+            test_overrides=(
+                ("dataset", "synthetic-text"),
+                ("model", "tiny-bert"),
+                ("fltac.steps", 2),
+                ("fltac.max-length", 16),
+            ),
         ),
+        _entry(
+            "fedit",
+            "fedit",
+            "FedIT",
+            "FedIT: one shared LoRA adapter per device, FedAvg (arXiv 2305.05644).",
+            default_dataset="text-tasks",
+            default_model="minilm",
+            test_overrides=(
+                ("dataset", "synthetic-text"),
+                ("model", "tiny-bert"),
+                ("fedit.steps", 2),
+                ("fedit.max-length", 16),
+            ),
         ),
     ]
 }

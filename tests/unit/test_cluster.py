@@ -85,3 +85,15 @@ def test_nearest_centroid_cosine_vs_euclidean() -> None:
         nearest_centroid(v, centroids, "manhattan")
     with pytest.raises(ValueError):
         nearest_centroid(v, np.zeros((2, 3)))
+
+
+def test_kmeans_accepts_63_bit_seeds():
+    """fedhet derives 63-bit seeds; scikit-learn only takes [0, 2**32)."""
+    from fedhet.core.cluster import kmeans_labels
+    from fedhet.core.seeding import derive_seed
+
+    rows = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]], dtype=np.float32)
+    seed = derive_seed(0, 1, "kmeans")
+    assert seed >= 2**32
+    labels, _ = kmeans_labels(rows, 2, seed)
+    assert labels[0] == labels[1] != labels[2] == labels[3]

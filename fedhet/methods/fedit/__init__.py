@@ -1,0 +1,1 @@
+"""FedIT baseline: one shared LoRA adapter per device, FedAvg (arXiv 2305.05644)."""

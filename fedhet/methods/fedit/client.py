@@ -1,0 +1,145 @@
+"""FedIT device: one shared LoRA adapter trained over all local tasks (arXiv 2305.05644).
+
+The device loads the global adapter and the heads of its tasks, then runs n_i·τ steps with one
+fresh AdamW, cycling over its n_i tasks batch by batch (FL-TAC's compute, METHODS.md §4.2);
+each batch goes through its task's head with the logits of classes the task lacks masked. It
+uploads the adapter and its tasks' heads (keyed by task name) with ``task-examples`` per head.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from flwr.app import Message, RecordDict
+from peft import PeftModel
+
+from fedhet.client.runtime import (
+    ClientContext,
+    arrays_of,
+    config_of,
+    infeasible_reply,
+    numpy_to_state,
+    reply_content,
+    state_to_numpy,
+)
+from fedhet.client.text import (
+    TextSlot,
+    device_slots,
+    eval_batches,
+    initial_adapter_state,
+    node_model_source,
+    sample_batches,
+    select_task_head,
+    slot_eval_metrics,
+    task_classes,
+    text_lora_model,
+)
+from fedhet.core.lora import evaluate_adapter, get_adapter_state, mask_logits, set_adapter_state
+from fedhet.core.seeding import derive_seed
+from fedhet.methods.fedit.config import FedITConfig
+from fedhet.methods.fedit.strategy import head_task
+
+
+def _model(ctx: ClientContext, mcfg: FedITConfig, slots: list[TextSlot]) -> PeftModel:
+    shared = ctx.run.shared
+    try:
+        classes = task_classes(shared.dataset, shared.seed)
+    except Exception:  # own CSV data and no run-wide task table
+        classes = {}
+    tasks = tuple(sorted(set(classes) | {s.task for s in slots}))
+    num_labels = mcfg.num_labels or max([*classes.values(), *(s.num_classes for s in slots)])
+    source = node_model_source(ctx, shared.model, num_labels, shared.seed)
+    return text_lora_model(
+        source,
+        num_labels,
+        mcfg.rank,
+        mcfg.lora_alpha(),
+        mcfg.dropout,
+        mcfg.modules(),
+        shared.seed,
+        tasks,
+    )
+
+
+def _load(msg: Message, model: PeftModel) -> None:
+    """Received adapter and heads over v⁰ (heads the server did not send stay at v⁰)."""
+    state = initial_adapter_state(model)
+    received = numpy_to_state(arrays_of(msg))
+    unknown = sorted(set(received) - set(state))
+    if unknown:
+        raise ValueError(f"received arrays this model does not have: {unknown[:3]}")
+    state.update(received)
+    set_adapter_state(model, state)
+
+
+def train(msg: Message, ctx: ClientContext) -> RecordDict:
+    """n_i·τ AdamW steps cycling over the local tasks; upload the adapter and local heads."""
+    mcfg: FedITConfig = ctx.run.method  # type: ignore[assignment]
+    shared = ctx.run.shared
+    server_round = int(config_of(msg)["server-round"])
+    slots = sorted(device_slots(ctx, shared.model, mcfg.max_length), key=lambda s: s.task)
+    if not slots:
+        return infeasible_reply("this device holds no text data")
+    model = _model(ctx, mcfg, slots)
+    _load(msg, model)
+    start = time.perf_counter()
+    torch.manual_seed(derive_seed(shared.seed, ctx.device_id, server_round, "dropout"))
+    streams = [
+        iter(
+            sample_batches(
+                s.train,
+                mcfg.batch_size,
+                mcfg.steps,
+                derive_seed(shared.seed, ctx.device_id, server_round, s.task, "batches"),
+            )
+        )
+        for s in slots
+    ]
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=mcfg.lr)
+    model.train()
+    loss_sum, seen = 0.0, 0
+    for _ in range(mcfg.steps):
+        for slot, stream in zip(slots, streams, strict=True):
+            batch = next(stream)
+            select_task_head(model, slot.task)
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = F.cross_entropy(mask_logits(out.logits, slot.num_classes), batch["labels"])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            loss_sum += float(loss.detach()) * len(batch["labels"])
+            seen += len(batch["labels"])
+    own = {s.task for s in slots}
+    state = state_to_numpy(get_adapter_state(model))
+    arrays = {k: v for k, v in state.items() if (p := head_task(k)) is None or p[0] in own}
+    metrics = {
+        "num-examples": int(sum(s.num_train for s in slots)),
+        "train-loss": loss_sum / seen if seen else 0.0,
+        "train-seconds": time.perf_counter() - start,
+        "task-examples": [s.num_train for s in slots],  # sorted by task name, as the heads
+        "plan-steps": mcfg.steps * len(slots),
+    }
+    return reply_content(arrays, metrics)
+
+
+def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
+    """Evaluate the shared adapter with each local task's head on that task's test items."""
+    mcfg: FedITConfig = ctx.run.method  # type: ignore[assignment]
+    slots = device_slots(ctx, ctx.run.shared.model, mcfg.max_length)
+    if not slots:
+        return reply_content(None, slot_eval_metrics([]))
+    model = _model(ctx, mcfg, slots)
+    _load(msg, model)
+    results = []
+    for slot in slots:
+        select_task_head(model, slot.task)
+        correct, total, loss = evaluate_adapter(
+            model, eval_batches(slot.test, mcfg.eval_batch_size), slot.num_classes
+        )
+        results.append((slot, correct, total, loss))
+    return reply_content(None, slot_eval_metrics(results))
+
+
+__all__ = ["evaluate", "train"]

@@ -1,0 +1,36 @@
+"""Settings of the FedIT baseline (``[tool.flwr.app.config.fedit]``; METHODS.md §4.2, §4.4).
+
+FedIT: "Towards Building the Federated GPT: Federated Instruction Tuning", Zhang et al.,
+arXiv 2305.05644 — FedAvg over one shared LoRA adapter. Compared with FL-TAC (arXiv 2404.15384).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from fedhet.config import LoraAdapterSettings
+
+
+class FedITConfig(LoraAdapterSettings):
+    """FedIT settings. Every field has a run-config key ``fedit.<kebab-name>``.
+
+    Attributes
+    ----------
+    rank : int
+        LoRA rank of the one shared adapter (16, from FL-TAC's Table 2 counts; METHODS.md §4.4).
+    alpha : float
+        ``lora_alpha``; 0 means 2·r (scaling 2, as FL-TAC's adapters).
+    dropout : float
+        LoRA dropout.
+    target_modules : str
+        Comma-separated modules to adapt (``query,value``).
+    lr : float
+        AdamW learning rate (same as FL-TAC's, 2e-3).
+    steps : int
+        τ; a device with n_i tasks runs n_i·τ steps cycling over its tasks batch by batch, the
+        compute of FL-TAC (METHODS.md §4.2).
+    batch_size, max_length, num_labels, eval_batch_size
+        As for FL-TAC (``num-labels`` 0 = C_max of the dataset).
+    """
+
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank of the shared adapter.")

@@ -1,0 +1,220 @@
+"""FL-TAC (arXiv 2404.15384) and FedIT (arXiv 2305.05644): method-specific checks (METHODS.md §4).
+
+Tiny random BERT and the built-in ``synthetic-text`` tasks, so no model or data package is needed.
+The registry-wide two-round checks live in tests/methods/test_matrix.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedhet.client.text import TextDataSpec, slot_order, task_tag
+from fedhet.data.synthetic_text import SYNTHETIC_TASKS
+from fedhet.methods.fedit.strategy import head_task
+from fedhet.methods.fltac.client import slots_this_round
+from fedhet.methods.fltac.strategy import (
+    FltacStrategy,
+    cluster_slot_states,
+    slot_arrays,
+    split_slot_arrays,
+)
+from fedhet.server.strategy import Reply
+from fedhet.server.validate import ReplyError
+from tests.methods.helpers import make
+
+LORA = ["m.l0.q.lora_A.weight", "m.l0.q.lora_B.weight", "m.l1.v.lora_A.weight"]
+HEAD = ["m.classifier.bias"]
+
+
+def _planted(groups: int, per_group: int, seed: int = 0) -> tuple[list[dict], np.ndarray]:
+    """Slot states whose LoRA tensors sit around one of ``groups`` well-separated centres."""
+    gen = np.random.default_rng(seed)
+    centres = [
+        {k: gen.normal(0, 1, (4, 3)).astype(np.float32) * 5 for k in LORA} for _ in range(groups)
+    ]
+    states, truth = [], []
+    for i in range(groups * per_group):
+        g = int(gen.integers(groups)) if i >= groups else i  # every group non-empty
+        state = {k: centres[g][k] + gen.normal(0, 0.1, (4, 3)).astype(np.float32) for k in LORA}
+        state[HEAD[0]] = np.full(6, float(g), np.float32)
+        states.append(dict(sorted(state.items())))
+        truth.append(g)
+    return states, np.array(truth)
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    return all((a[i] == a[j]) == (b[i] == b[j]) for i in range(len(a)) for j in range(len(a)))
+
+
+def test_clustering_recovers_planted_task_groups_and_averages_heads_along() -> None:
+    states, truth = _planted(3, 6)
+    labels, means = cluster_slot_states(states, k=3, seed=0)
+    assert _same_partition(labels, truth)
+    for c, mean in enumerate(means):
+        members = [s for s, lab in zip(states, labels, strict=True) if lab == c]
+        for key in LORA + HEAD:
+            np.testing.assert_allclose(
+                mean[key], np.mean([m[key] for m in members], axis=0), rtol=1e-6
+            )
+    # the head is not clustered on: scrambling heads leaves the labels unchanged
+    scrambled = [
+        dict(s, **{HEAD[0]: np.full(6, 100.0 * i, np.float32)}) for i, s in enumerate(states)
+    ]
+    assert np.array_equal(cluster_slot_states(scrambled, k=3, seed=0)[0], labels)
+
+
+def test_cluster_mean_unweighted_by_default_weighted_on_request() -> None:
+    states, _ = _planted(1, 2)
+    states = states[:2]
+    _, (plain,) = cluster_slot_states(states, k=1, seed=0)
+    _, (weighted,) = cluster_slot_states(states, k=1, seed=0, weights=[3.0, 1.0])
+    key = LORA[0]
+    np.testing.assert_allclose(plain[key], (states[0][key] + states[1][key]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        weighted[key], 0.75 * states[0][key] + 0.25 * states[1][key], rtol=1e-6
+    )
+
+
+def test_slot_wire_names_round_trip_by_name() -> None:
+    states, _ = _planted(2, 2)
+    slots = {3: states[0], 0: states[1]}
+    wire = slot_arrays(slots)
+    assert next(iter(wire)).startswith("slot0/") and f"slot3/{LORA[0]}" in wire
+    back = split_slot_arrays(wire)
+    assert list(back) == [0, 3]
+    for s in slots:
+        assert list(back[s]) == sorted(slots[s])
+        for key in slots[s]:
+            assert back[s][key] is wire[f"slot{s}/{key}"]
+    with pytest.raises(ValueError, match="slot<s>"):
+        split_slot_arrays({"cluster0/x": np.zeros(1)})
+    assert head_task("base_model.model.classifier.heads.sms-spam.weight") == ("sms-spam", "weight")
+    assert head_task("base_model.model.bert.layer.0.query.lora_A.weight") is None
+
+
+@pytest.fixture(scope="module")
+def strategy_and_nodes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fltac")
+    strategy, grid = make("fltac", tmp, num_nodes=3)
+    nodes = strategy.register_nodes(grid, 1)
+    return strategy, sorted(nodes, key=lambda n: n.device_id)
+
+
+def _planted_like(strategy: FltacStrategy, group: int, noise_seed: int) -> dict[str, np.ndarray]:
+    gen = np.random.default_rng(noise_seed)
+    centre = np.random.default_rng(1000 + group)
+    return {
+        k: (centre.normal(0, 3, v.shape) + gen.normal(0, 0.01, v.shape)).astype(v.dtype)
+        for k, v in strategy.v0.items()
+    }
+
+
+def test_each_uploaded_slot_gets_its_cluster_mean_back(strategy_and_nodes) -> None:
+    strategy, nodes = strategy_and_nodes
+    # device 0: slot 0 ~ task A, slot 1 ~ task B; device 1: slot 0 ~ B, slot 2 ~ C;
+    # device 2: slot 0 ~ C, slot 1 ~ A  (slot numbers say nothing about tasks)
+    plan = {0: {0: 0, 1: 1}, 1: {0: 1, 2: 2}, 2: {0: 2, 1: 0}}
+    replies, uploads = [], {}
+    for d, node in enumerate(nodes):
+        slots = {s: _planted_like(strategy, g, 10 * d + s) for s, g in plan[d].items()}
+        uploads.update({(node.device_id, s): (g, slots[s]) for s, g in plan[d].items()})
+        arrays = slot_arrays(slots)
+        metrics = {
+            "num-examples": 10,
+            "train-loss": 1.0,
+            "train-seconds": 0.1,
+            "slot-loss": [1.0] * len(slots),
+            "slot-examples": [5] * len(slots),
+        }
+        strategy.validate_reply(node, 1, arrays, metrics)
+        replies.append(Reply(node, arrays, metrics, 10))
+    strategy.aggregate(1, replies)
+    for group in range(3):
+        owners = [o for o, (g, _) in uploads.items() if g == group]
+        expected = {k: np.mean([uploads[o][1][k] for o in owners], axis=0) for k in strategy.v0}
+        for device, s in owners:
+            for key, value in expected.items():
+                np.testing.assert_allclose(strategy.slots[device][s][key], value, rtol=1e-5)
+        assert len({strategy.round_labels[o] for o in owners}) == 1
+    # what travels next: each device gets exactly its slots, under its slot numbers
+    for d, node in enumerate(nodes):
+        payload, extra = strategy.train_payload(node, 2)
+        assert sorted(split_slot_arrays(payload)) == sorted(plan[d])
+        assert extra["num-slots"] == len(plan[d])
+    # a reply naming a slot the device does not hold, or a non-slot array, is rejected
+    bad = slot_arrays({7: _planted_like(strategy, 0, 99)})
+    metrics = {"slot-loss": [1.0], "slot-examples": [1]}
+    with pytest.raises(ReplyError, match="slot 7"):
+        strategy.validate_reply(nodes[0], 2, bad, metrics)
+    with pytest.raises(ReplyError):
+        strategy.validate_reply(nodes[0], 2, {"init/x": np.zeros(1, np.float32)}, metrics)
+
+
+def test_device_with_zero_examples_of_a_task_sends_no_adapter_for_it(tmp_path) -> None:
+    declared = f"{SYNTHETIC_TASKS[0]},not-held-here,{SYNTHETIC_TASKS[2]}"
+    strategy, grid = make(
+        "fltac", tmp_path, num_nodes=2, node_extra={"tasks": declared}, num_server_rounds=1
+    )
+    history = strategy.start(grid)
+    uploaded = set(strategy.round_labels)
+    assert uploaded, "nothing was uploaded"
+    assert all(s in (0, 2) for _, s in uploaded)
+    assert {s for _, s in uploaded} == {0, 2}
+    sent_train = [m for m in grid.sent_log if m.metadata.message_type == "train"]
+    assert all(
+        any(k.startswith("slot1/") for k in m.content.array_records["arrays"]) for m in sent_train
+    )  # the server offered slot 1 (declared) ...
+    assert history[0]["fltac-uploaded-slots"] == 4  # ... but 2 devices × 2 held tasks came back
+    # evaluation-side: per-task accuracy covers only the held tasks, purity is logged
+    assert set(history[0]["task-accuracy"]) == {SYNTHETIC_TASKS[0], SYNTHETIC_TASKS[2]}
+    assert 0.0 <= history[0]["cluster-purity"] <= 1.0
+
+
+def test_slot_order_is_blind_and_declared_order_wins() -> None:
+    base = dict(
+        dataset="synthetic-text",
+        data_path=None,
+        partition_id=0,
+        num_partitions=2,
+        alpha=0.5,
+        seed=0,
+        max_train=0,
+        local_test_size=0,
+        model="tiny-bert",
+        max_length=16,
+    )
+    held = list(SYNTHETIC_TASKS)
+    orders = {
+        tuple(
+            t
+            for _, t in slot_order(TextDataSpec(declared_tasks=(), device_id=f"d{i}", **base), held)
+        )
+        for i in range(12)
+    }
+    assert len(orders) > 1  # slot numbers do not encode the task
+    spec = TextDataSpec(declared_tasks=("b", "a", "c"), device_id="d", **base)
+    assert slot_order(spec, ["a", "c"]) == [(1, "a"), (2, "c")]
+    assert task_tag("trec") == task_tag("trec") != task_tag("sms-spam")
+
+
+def test_scale_slots_rotates_through_every_slot() -> None:
+    slots = list(range(5))
+    seen = set()
+    for rnd in range(1, 4):
+        chosen = slots_this_round(slots, 0.33, rnd)  # type: ignore[arg-type]
+        assert len(chosen) == 2
+        seen.update(chosen)
+    assert seen == set(slots)
+    assert slots_this_round(slots, 1.0, 1) == slots  # type: ignore[arg-type]
+
+
+def test_fltac_uploads_fewer_values_than_fedit(tmp_path) -> None:
+    tac, grid = make("fltac", tmp_path, num_nodes=3, num_server_rounds=1)
+    fit, grid2 = make("fedit", tmp_path, num_nodes=3, num_server_rounds=1)
+    h_tac, h_fit = tac.start(grid)[0], fit.start(grid2)[0]
+    assert h_tac["lora-params-per-slot"] == 2 * 2 * (64 + 64) * 1  # L·2·(h+h)·r, METHODS.md B8
+    assert h_fit["lora-params"] == 2 * 2 * (64 + 64) * 16
+    assert h_tac["uploaded-params"] < h_fit["uploaded-params"]
+    assert h_tac["payload-bytes-up"] < h_fit["payload-bytes-up"]
+    assert set(h_fit["task-accuracy"]) <= set(SYNTHETIC_TASKS)

@@ -1031,6 +1031,64 @@ class LocalFleet:
             if str(node.get("status", "")).lower() == "online"
         }
 
+    def submit_run(self, app_dir: Path, run_config: str = "", timeout: float = 180.0) -> int:
+        """``flwr run <app_dir> <connection> --format json -c <run_config>``; return the run id.
+
+        ``flwr run`` only submits the run (it builds the FAB and uploads it) and exits 0 even
+        if the run later fails: follow it with :meth:`run_status` / :meth:`wait_for_run`.
+
+        Parameters
+        ----------
+        app_dir : Path
+            Folder with the app's ``pyproject.toml``.
+        run_config : str
+            Run-config overrides, e.g. ``"num-server-rounds=3 run-name='line-4'"``.
+        timeout : float
+            Seconds for the submission (building a FAB of a large checkout takes a while).
+
+        Raises
+        ------
+        FleetError
+            The CLI printed no run id.
+        """
+        args = ["run", str(app_dir), self.connection_name, "--format", "json"]
+        if run_config.strip():
+            args += ["-c", run_config]
+        result = self.flwr(args, timeout=timeout, cwd=app_dir, check=False)
+        payload = _last_json_object(result.stdout)
+        if not payload.get("success") or "run-id" not in payload:
+            raise FleetError(f"flwr run did not start a run:\n{result.stdout}\n{result.stderr}")
+        return int(payload["run-id"])
+
+    def run_status(self, run_id: int) -> str:
+        """Status of a run from ``flwr ls --run-id``: ``running``, ``finished:completed`` …
+
+        Returns ``unknown`` when the SuperLink cannot be asked (e.g. while it restarts).
+        """
+        result = self.flwr(
+            ["ls", self.connection_name, "--run-id", str(run_id), "--format", "json"],
+            check=False,
+        )
+        runs = _last_json_object(result.stdout).get("runs", [])
+        return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+    def wait_for_run(self, run_id: int, timeout: float, poll: float = 3.0) -> str:
+        """Poll :meth:`run_status` until the run is ``finished:*`` or ``timeout`` seconds pass.
+
+        Returns
+        -------
+        str
+            The final status, or the last one seen followed by ``(timeout)``.
+        """
+        deadline = time.monotonic() + timeout
+        status = "unknown"
+        while time.monotonic() < deadline:
+            status = self.run_status(run_id)
+            if status.startswith("finished"):
+                return status
+            time.sleep(poll)
+        return f"{status} (timeout)"
+
     def wait_for_nodes(self, count: int, timeout: float = 60.0) -> set[int]:
         """Wait until exactly ``count`` nodes are online.
 
@@ -1094,10 +1152,14 @@ class LocalFleet:
         self.add_nodes(num_nodes)
         logger.info("fleet up: SuperLink %s, %d SuperNodes", self.address, num_nodes)
 
+    def processes(self) -> list[ProcessRecord]:
+        """SuperLink and SuperNode processes this fleet started (ended ones included)."""
+        records = [self.superlink] + [node.process for node in self.nodes]
+        return [record for record in records if record is not None]
+
     def running(self) -> bool:
         """Whether any process of this fleet is still alive."""
-        records = [self.superlink] + [node.process for node in self.nodes]
-        return any(record is not None and record.is_alive() for record in records)
+        return any(record.is_alive() for record in self.processes())
 
     def superlink_command(self) -> list[str]:
         """The ``flower-superlink`` command line of this fleet."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CA, SuperLink certificate and SuperNode key pairs for a plant (see docs/deploying.md).
+# CA, SuperLink certificate and SuperNode key pairs for a plant (see the README, section "Deploying on a plant").
 #   deploy/certs/make-certs.sh --out pki --hosts superlink.plant.lan 10.0.0.5 --nodes 12
 # Later, one more device:   python -m fedhet.deploy keygen --out pki/nodes press-07
 #                           flwr supernode register pki/nodes/press-07.pub <connection> --name press-07

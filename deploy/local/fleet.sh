@@ -2,7 +2,7 @@
 # Local Flower fleet for demos and tests: SuperLink (TLS + SuperNode auth) + N SuperNodes.
 #   deploy/local/fleet.sh start --nodes 3 [--insecure] [--no-auth] [--state-dir DIR] [--base-port P]
 #   deploy/local/fleet.sh status | add-node | kill-node I | restart-node I | restart-superlink | stop
-# Thin wrapper around `python -m fedhet.deploy` (see fedhet/deploy.py and docs/deploying.md).
+# Thin wrapper around `python -m fedhet.deploy` (see fedhet/deploy.py and the README, section "Deploying on a plant").
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-}"

@@ -6,7 +6,7 @@ The certificate tests run in milliseconds and are always collected. The fleet te
 connect -> kill a node -> an unregistered node is refused -> restart the SuperLink on its
 database (the killed node ends up offline, the others reconnect) -> stop.
 
-Reuse: the ``fleet`` fixture (or :func:`fedhet.deploy.local_fleet`) gives a started
+Reuse: the ``fleet`` fixture of ``tests/integration/conftest.py`` (or :func:`fedhet.deploy.local_fleet`) gives a started
 :class:`fedhet.deploy.LocalFleet`; run an app with
 ``fleet.flwr(["run", str(app_dir), fleet.connection_name, "--format", "json"], cwd=app_dir)``
 and check it with ``fleet.flwr(["ls", fleet.connection_name, "--format", "json"])``.
@@ -21,7 +21,6 @@ import ipaddress
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -34,28 +33,16 @@ from fedhet.deploy import (
     FleetError,
     LocalFleet,
     ProcessRecord,
-    console_script,
     main,
     node_config_string,
     terminate,
     write_pki,
 )
 
+#: SuperNodes the ``fleet`` fixture (tests/integration/conftest.py) starts.
 NUM_NODES = 3
 #: Upper bound for a SIGKILLed node to be reported offline (2 heartbeats of 30 s + slack).
 OFFLINE_AFTER_KILL_S = 90.0
-
-
-def _have_flower_binaries() -> bool:
-    try:
-        for name in ("flower-superlink", "flower-supernode", "flwr", "flower-superexec"):
-            console_script(name)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-needs_flower = pytest.mark.skipif(not _have_flower_binaries(), reason="flwr CLIs not installed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,30 +125,6 @@ def test_terminate_skips_recycled_pid() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
-    """SuperLink (TLS, node auth, database) + 3 SuperNodes on 127.0.0.1, free ports.
-
-    Every process started is stopped by PID at teardown, also when a test fails.
-    """
-    if not _have_flower_binaries():
-        pytest.skip("flwr CLIs not installed")
-    state_dir = tmp_path_factory.mktemp("fleet")
-    local = LocalFleet(state_dir)
-    try:
-        local.start(NUM_NODES)
-        yield local
-    finally:
-        local.stop()
-        leftovers = [r for r in _all_records(local) if r.is_alive()]
-        assert not leftovers, f"processes left running: {leftovers}"
-
-
-def _all_records(fleet: LocalFleet) -> list[ProcessRecord]:
-    records = [fleet.superlink] + [node.process for node in fleet.nodes]
-    return [r for r in records if r is not None]
-
-
 def _registered_alive_ids(fleet: LocalFleet) -> set[int]:
     return {
         node.node_id
@@ -170,7 +133,6 @@ def _registered_alive_ids(fleet: LocalFleet) -> set[int]:
     }
 
 
-@needs_flower
 @pytest.mark.deployment
 @pytest.mark.integration
 @pytest.mark.timeout(240)
@@ -192,7 +154,6 @@ def test_nodes_connect_with_tls_and_auth(fleet: LocalFleet) -> None:
     assert json.loads(runs.stdout[runs.stdout.index("{") :])["success"] is True
 
 
-@needs_flower
 @pytest.mark.deployment
 @pytest.mark.integration
 @pytest.mark.timeout(240)
@@ -208,7 +169,6 @@ def test_kill_node(fleet: LocalFleet) -> None:
     assert all(n.process is not None and n.process.is_alive() for n in fleet.nodes if n.index != 1)
 
 
-@needs_flower
 @pytest.mark.deployment
 @pytest.mark.integration
 @pytest.mark.timeout(240)
@@ -228,7 +188,6 @@ def test_unregistered_key_is_refused(fleet: LocalFleet) -> None:
     assert listed == {n.node_id for n in fleet.nodes if n.node_id is not None}
 
 
-@needs_flower
 @pytest.mark.deployment
 @pytest.mark.integration
 @pytest.mark.timeout(240)
@@ -253,13 +212,12 @@ def test_restart_superlink_on_same_database(fleet: LocalFleet) -> None:
     assert online == expected
 
 
-@needs_flower
 @pytest.mark.deployment
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_stop_ends_every_process(fleet: LocalFleet) -> None:
     family = []
-    for record in _all_records(fleet):
+    for record in fleet.processes():
         proc = record.process()
         if proc is not None:
             family += [proc, *proc.children(recursive=True)]

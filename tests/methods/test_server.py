@@ -142,7 +142,11 @@ def test_evaluate_error_reply_is_logged_under_the_dead_node(tmp_path, monkeypatc
     history = strategy.start(grid)
     drops = [d for d in history[0]["dropped"] if d["stage"] == "evaluate"]
     assert drops == [
-        {"node-id": victim, "device-id": strategy.nodes[victim].device_id, "stage": "evaluate",
-         "reason": "Node Unavailable"}
+        {
+            "node-id": victim,
+            "device-id": strategy.nodes[victim].device_id,
+            "stage": "evaluate",
+            "reason": "Node Unavailable",
+        }
     ]
     assert history[0]["num-trained"] == 3

@@ -19,6 +19,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedhet.config import ConfigError, RunConfig, parse_run_config
+from fedhet.core.codec import as_contiguous
 from fedhet.plan import NodePlan, fleet_class
 from fedhet.profile import NodeSettings, parse_node_config
 
@@ -174,7 +175,7 @@ def reply_content(arrays: dict[str, np.ndarray] | None, metrics: dict[str, Any])
     content: dict[str, Any] = {"metrics": MetricRecord(metrics)}
     if arrays is not None:
         content["arrays"] = ArrayRecord(
-            array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
+            array_dict={k: Array(as_contiguous(v)) for k, v in arrays.items()}
         )
     return RecordDict(content)
 

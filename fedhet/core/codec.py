@@ -22,6 +22,13 @@ INDEX = "::index"
 _SUFFIXES = (VALUES, BITMASK, INDEX)
 
 
+def as_contiguous(a: np.ndarray) -> np.ndarray:
+    """C-contiguous copy-if-needed that keeps the shape (``np.ascontiguousarray`` makes 0-d
+    arrays such as BN's ``num_batches_tracked`` 1-d, which a receiver's shape check rejects)."""
+    arr = np.asarray(a)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)
+
+
 def dense_bytes(n: int, itemsize: int = 4) -> int:
     """Bytes of ``n`` dense values."""
     return n * itemsize
@@ -64,7 +71,7 @@ def encode_sparse(
     kept = int(flat_mask.sum())
     enc = encoding or choose_encoding(flat_mask.size, kept, values.dtype.itemsize)
     if enc == "dense":
-        return {name: np.ascontiguousarray(np.where(mask, values, 0).astype(values.dtype))}
+        return {name: as_contiguous(np.where(mask, values, 0).astype(values.dtype))}
     kept_values = np.ascontiguousarray(values.reshape(-1)[flat_mask])
     if enc == "bitmask":
         return {name + VALUES: kept_values, name + BITMASK: np.packbits(flat_mask)}

@@ -42,6 +42,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedhet.config import ConfigError, RunConfig
 from fedhet.core.aggregate import Contribution, weighted_mean
+from fedhet.core.codec import as_contiguous
 from fedhet.core.seeding import derive_seed, rng
 from fedhet.plan import Budget, FleetReference, NodePlan, budget_for
 from fedhet.profile import DeviceProfile, parse_profile
@@ -131,7 +132,7 @@ def to_numpy_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """``{name: ndarray}`` → ArrayRecord (order kept)."""
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return ArrayRecord(array_dict={k: Array(as_contiguous(v)) for k, v in arrays.items()})
 
 
 def record_bytes(content: RecordDict) -> tuple[int, int]:

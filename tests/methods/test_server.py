@@ -150,3 +150,13 @@ def test_evaluate_error_reply_is_logged_under_the_dead_node(tmp_path, monkeypatc
         }
     ]
     assert history[0]["num-trained"] == 3
+
+
+def test_fedavg_on_a_batch_norm_model_keeps_every_reply(tmp_path):
+    """Regression: 0-d BN counters were sent as (1,) arrays and every reply was dropped."""
+    strategy, grid = make(
+        "fedavg", tmp_path, num_nodes=3, num_server_rounds=1, min_nodes=3, model="cnn_b"
+    )
+    history = strategy.start(grid)
+    assert history[0]["dropped"] == []
+    assert history[0]["num-trained"] == 3

@@ -65,3 +65,18 @@ def test_decode_rejects_bad_payloads():
     bad = {"w::values": np.zeros(3, np.float32), "w::index": np.array([0, 1], np.int32)}
     with pytest.raises(ValueError, match="3 values for a mask of 2"):
         decode_payload(bad, {"w": (4,)})
+
+
+def test_scalar_arrays_keep_their_shape():
+    """BN's num_batches_tracked is 0-d; it must travel as 0-d (a (1,) array fails validation)."""
+    from fedhet.client.runtime import reply_content
+    from fedhet.core.codec import as_contiguous
+    from fedhet.server.strategy import to_array_record, to_numpy_dict
+
+    scalar = np.array(7, dtype=np.int64)
+    assert as_contiguous(scalar).shape == ()
+    assert to_numpy_dict(to_array_record({"n": scalar}))["n"].shape == ()
+    content = reply_content({"n": scalar}, {"num-examples": 1})
+    assert content.array_records["arrays"]["n"].numpy().shape == ()
+    p = encode_sparse("n", scalar.astype(np.float32), np.array(True), encoding="dense")
+    assert p["n"].shape == ()

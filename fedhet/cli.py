@@ -229,6 +229,34 @@ def cmd_profile_costs(args: argparse.Namespace) -> int:
     return costs_main(args.costs_args)
 
 
+def method_config_tables() -> str:
+    """``[tool.flwr.app.config.<method>]`` TOML tables with every method setting's default.
+
+    Flower accepts ``flwr run -c "key=value"`` only for keys present in pyproject.toml, so every
+    method key must appear there; ``tests/unit/test_config.py`` checks the file matches this.
+    """
+    from fedhet.config import kebab
+    from fedhet.methods import METHODS
+
+    lines: list[str] = []
+    for name, entry in METHODS.items():
+        fields = entry.config_cls.model_fields
+        if not fields:
+            continue
+        lines.append(f"[tool.flwr.app.config.{name}]")
+        for field_name, field in fields.items():
+            value = field.default
+            text = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+            lines.append(f"{kebab(field_name)} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cmd_config_defaults(_: argparse.Namespace) -> int:
+    print(method_config_tables())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedhet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     report.set_defaults(func=cmd_report)
     methods = sub.add_parser("methods", help="list registered methods")
     methods.set_defaults(func=cmd_methods)
+    defaults = sub.add_parser(
+        "config-defaults", help="print every method's run-config table for pyproject.toml"
+    )
+    defaults.set_defaults(func=cmd_config_defaults)
+
     costs = sub.add_parser(
         "profile-costs",
         add_help=False,

@@ -109,6 +109,14 @@ METHODS: dict[str, MethodEntry] = {
                 ("fedit.max-length", 16),
             ),
         ),
+        _entry(
+            "cocofl",
+            "cocofl",
+            "CoCoFL",
+            "CoCoFL: one fp32 window trained per device, int8 frozen units around it "
+            "(arXiv 2203.05468).",
+            test_overrides=(("model", "cnn_b"),),
+        ),
     ]
 }
 

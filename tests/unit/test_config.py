@@ -106,3 +106,19 @@ def test_profile_rejects_absurd_values():
         parse_profile(good_profile(**{"bench-ms": 0}))
     with pytest.raises(ConfigError, match="'device-id'"):
         parse_profile({k: v for k, v in good_profile().items() if k != "device-id"})
+
+
+def test_pyproject_has_every_method_setting_with_its_default():
+    """`flwr run -c key=value` only overrides keys present in pyproject.toml."""
+    from fedhet.cli import method_config_tables
+
+    expected: dict = {}
+    for line in method_config_tables().splitlines():
+        if line.startswith("[tool.flwr.app.config."):
+            table = line[len("[tool.flwr.app.config.") : -1]
+        elif "=" in line:
+            key, value = (x.strip() for x in line.split("=", 1))
+            expected[f"{table}.{key}"] = tomllib.loads(f"v = {value}")["v"]
+    raw = pyproject_run_config()
+    method_keys = {k: v for k, v in raw.items() if "." in k}
+    assert method_keys == expected, "run `fedhet config-defaults` and update pyproject.toml"

@@ -1,0 +1,297 @@
+"""CoCoFL server: full model down, one trained window up, zero-fill mean per tensor.
+
+Beutel et al., "CoCoFL: Communication- and Computation-Aware Federated Learning via Partial NN
+Freezing and Quantization", TMLR 2023, arXiv 2203.05468; METHODS.md §6 and B7.
+
+Each round a sampled device receives the full global model (parameters and buffers, §6.3), draws
+its upload budget D_t ~ U(D_min, D_max) seeded by (run, device, round), keeps the maximal windows of
+the model's cost table within (T, D_t, M) (B7 ``feasible_windows``), picks one (seeded uniform or
+round-robin), trains it and uploads only the window's tensors. The server recomputes the same
+options from the device's plan and drops a reply whose window is not among them or whose tensors
+are not exactly the window's. Aggregation is B2 ``zero-fill``: a device that did not train a tensor
+counts as a zero update, w_l ← w_l + (1/|S|)·Σ_{i∈S_l}(w_{l,i} − w_l), BN statistics alike,
+``num_batches_tracked`` skipped.
+
+The window planning functions live here, outside the strategy class, so that the device
+(:mod:`fedhet.methods.cocofl.client`) and the server run the same code on the same table.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedhet.config import RunConfig
+from fedhet.core.aggregate import Contribution, masked_mean
+from fedhet.core.codec import decode_payload, payload_bytes
+from fedhet.core.costs import (
+    WindowCost,
+    all_windows,
+    analytic_cost_table,
+    default_cost_table_path,
+    feasible_windows,
+    load_cost_table,
+)
+from fedhet.core.quant import window_state_keys
+from fedhet.core.seeding import rng
+from fedhet.methods.cocofl.config import CoCoFLConfig
+from fedhet.plan import Budget
+from fedhet.profile import DeviceProfile
+from fedhet.server.run_dir import RunDir
+from fedhet.server.strategy import FedhetStrategy, Node, Reply
+from fedhet.server.validate import ReplyError, spec_of, validate_arrays
+
+log = logging.getLogger("fedhet")
+
+#: Sample shape every fedhet image dataset yields (Fashion-MNIST, up-sampled digits).
+INPUT_SHAPE = (1, 28, 28)
+#: Slack for float comparisons of fractions (the table's full window is exactly 1).
+EPS = 1e-9
+
+
+@functools.lru_cache(maxsize=16)
+def _cost_table(
+    model_name: str, batch_size: int, generator: str, path: str, int8_cost: float
+) -> tuple[tuple[WindowCost, ...], str]:
+    from fedhet.models import build_model
+
+    model = build_model(model_name)
+    num_units = len(model.units)  # type: ignore[arg-type]
+    if path:
+        rows, source = load_cost_table(path), path
+    else:
+        shipped = default_cost_table_path(model_name, batch_size, generator)
+        if shipped.exists():
+            rows, source = load_cost_table(shipped), str(shipped)
+        else:
+            log.warning(
+                "cocofl: no %s cost table for %s at batch %d (%s); computing the analytic table "
+                "in-process (generate one with `fedhet profile-costs --model %s --batch-size %d`)",
+                generator,
+                model_name,
+                batch_size,
+                shipped,
+                model_name,
+                batch_size,
+            )
+            rows = analytic_cost_table(model, INPUT_SHAPE, batch_size, int8_cost)
+            source = f"analytic (in-process, q={int8_cost})"
+    if sorted(r.window for r in rows) != sorted(all_windows(num_units)):
+        raise ValueError(
+            f"cost table {source} does not list every window of {model_name}'s {num_units} units"
+        )
+    return tuple(rows), source
+
+
+def window_cost_table(model_name: str, batch_size: int, cfg: CoCoFLConfig) -> list[WindowCost]:
+    """The cost table device and server plan with (METHODS.md B7).
+
+    ``cocofl.cost-table`` if given, else the shipped ``fedhet/models/costs/<model>-b<batch>.json``
+    (``-analytic`` for ``cocofl.cost=analytic``), else the analytic table computed in-process
+    (logged). Cached per process.
+
+    Raises
+    ------
+    ValueError
+        If the table does not list exactly the model's windows.
+    """
+    rows, _ = _cost_table(model_name, batch_size, cfg.cost, cfg.cost_table, cfg.int8_cost)
+    return list(rows)
+
+
+def cost_table_source(model_name: str, batch_size: int, cfg: CoCoFLConfig) -> str:
+    """Where :func:`window_cost_table` got its rows (a path or ``analytic (in-process …)``)."""
+    return _cost_table(model_name, batch_size, cfg.cost, cfg.cost_table, cfg.int8_cost)[1]
+
+
+def window_options(
+    table: list[WindowCost], budget: Budget, upload_budget: float, cfg: CoCoFLConfig
+) -> list[WindowCost]:
+    """Windows a device may train this round (METHODS.md §6.2 step 2).
+
+    The forced window (``cocofl.force-window``) if set, else the maximal windows with time ≤ T,
+    data ≤ D_t and memory ≤ M (B7 ``feasible_windows``); ``[]`` when nothing fits.
+    """
+    forced = cfg.forced_window
+    if forced is not None:
+        rows = [r for r in table if r.window == forced]
+        if not rows:
+            raise ValueError(f"cocofl.force-window {forced} is not a window of the model")
+        return rows
+    return feasible_windows(table, budget.time, upload_budget, budget.memory)
+
+
+def choose_window(
+    options: list[WindowCost],
+    choice: str,
+    seed: int,
+    device_id: str,
+    server_round: int,
+) -> WindowCost:
+    """Pick one window among ``options`` (METHODS.md §6.2 step 2).
+
+    ``random``: uniform, seeded by (run seed, device id, round); ``round-robin``:
+    ``options[(round − 1) mod |options|]`` in table order.
+    """
+    if not options:
+        raise ValueError("no window to choose from")
+    if choice == "round-robin":
+        return options[(server_round - 1) % len(options)]
+    idx = int(rng(seed, device_id, server_round, "cocofl-window").integers(len(options)))
+    return options[idx]
+
+
+def window_label(window: tuple[int, int]) -> str:
+    """``(2, 3)`` → ``"2-3"``."""
+    return f"{window[0]}-{window[1]}"
+
+
+class CoCoFLStrategy(FedhetStrategy):
+    """CoCoFL (arXiv 2203.05468, §3–4) on the fedhet base strategy.
+
+    Plan (METHODS.md §2): every device participates when some window fits (T, D_max, M); knobs
+    list its maximal windows at D_min and D_max for the log. Per round the device chooses its
+    window; the server recomputes the options for (T, D_t, M) and checks the reply against them.
+
+    Per node in ``metrics.jsonl``: ``plan-window-start``/``-end``, ``plan-time``, ``plan-data``,
+    ``plan-memory`` (the table's predicted fractions), ``plan-upload-budget`` (D_t),
+    ``plan-options``, ``plan-lr`` and ``measured-train-seconds``, ``measured-upload-bytes``,
+    ``measured-peak-mem-bytes``, ``measured-data`` from the device. Per round:
+    ``cocofl-unit-trainers`` (how many devices trained each unit).
+    """
+
+    name: ClassVar[str] = "cocofl"
+
+    def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
+        super().__init__(cfg, run_dir)
+        self.ccfg: CoCoFLConfig = cfg.method_as(CoCoFLConfig)
+        self.table = window_cost_table(self.shared.model, self.shared.batch_size, self.ccfg)
+        self.shapes = {k: tuple(v.shape) for k, v in self.global_arrays.items()}
+        self.full_bytes = int(sum(np.asarray(v).nbytes for v in self.global_arrays.values()))
+        from fedhet.models import build_model
+
+        self._template = build_model(self.shared.model)
+        self.num_units = len(self._template.units)  # type: ignore[arg-type]
+        self._window_keys = {
+            r.window: window_state_keys(self._template, r.window) for r in self.table
+        }
+
+    # plan -------------------------------------------------------------------------------------
+    def plan_knobs(
+        self, profile: DeviceProfile, budget: Budget
+    ) -> tuple[bool, dict[str, Any], str]:
+        at_min = window_options(self.table, budget, budget.upload_min, self.ccfg)
+        at_max = window_options(self.table, budget, budget.upload_max, self.ccfg)
+        knobs = {
+            "windows-at-upload-min": [window_label(r.window) for r in at_min],
+            "windows-at-upload-max": [window_label(r.window) for r in at_max],
+        }
+        if not at_max:
+            return (
+                False,
+                knobs,
+                (
+                    f"no window of the cost table fits T={budget.time:.2f}, "
+                    f"D_max={budget.upload_max:.2f}, M={budget.memory:.2f}"
+                ),
+            )
+        return True, knobs, ""
+
+    def round_options(self, node: Node, server_round: int) -> tuple[float, list[WindowCost]]:
+        """``(D_t, allowed windows)`` of ``node`` in ``server_round``, as the device computes them."""
+        budget = node.plan.budget
+        upload = budget.upload_draw(self.shared.seed, node.device_id, server_round)
+        return upload, window_options(self.table, budget, upload, self.ccfg)
+
+    # replies ----------------------------------------------------------------------------------
+    def restore_scalars(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Give 0-d tensors (BN ``num_batches_tracked``) back their shape ``()``.
+
+        Flower's ``Array`` stores a 0-d NumPy array as shape ``(1,)``; any other shape is left
+        alone for validation to judge.
+        """
+        return {
+            k: v.reshape(()) if self.shapes.get(k) == () and v.shape == (1,) else v
+            for k, v in arrays.items()
+        }
+
+    def validate_reply(
+        self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]
+    ) -> None:
+        """A reply must carry exactly the tensors of one window the device was allowed this round.
+
+        Raises :class:`ReplyError` when the reported window is missing or not among the options
+        for (T, D_t, M), when the uploaded names differ from the window's parameters and buffers,
+        on a wrong shape, dtype or a non-finite value, or when the payload exceeds D_t × the full
+        model's bytes (§6.3; not checked for a forced window).
+        """
+        try:
+            window = (int(metrics["plan-window-start"]), int(metrics["plan-window-end"]))
+        except (KeyError, TypeError, ValueError):
+            raise ReplyError("reply does not report its window (plan-window-start/end)") from None
+        upload, options = self.round_options(node, server_round)
+        allowed = {r.window for r in options}
+        if window not in allowed:
+            raise ReplyError(
+                f"window {window_label(window)} is not feasible for this device in round "
+                f"{server_round} (D_t={upload:.3f}; allowed: "
+                f"{sorted(window_label(w) for w in allowed) or 'none'})"
+            )
+        keys = self._window_keys[window]
+        expected = {k: v for k, v in spec_of(self.global_arrays).items() if k in keys}
+        validate_arrays(self.restore_scalars(arrays), expected, required=True)
+        sent = payload_bytes(arrays)
+        if self.ccfg.forced_window is None and sent > upload * self.full_bytes + EPS:
+            raise ReplyError(
+                f"upload of {sent} B exceeds D_t × full model = {upload * self.full_bytes:.0f} B"
+            )
+        row = next(r for r in options if r.window == window)
+        log.info(
+            "round %d: device %s (%s) window %s, D_t=%.3f | predicted time %.3f data %.3f "
+            "memory %.3f | measured %.3f s, %d B up (%.3f), %d B peak",
+            server_round,
+            node.device_id,
+            node.profile.device_class,
+            window_label(window),
+            upload,
+            row.time,
+            row.data,
+            row.memory,
+            float(metrics.get("measured-train-seconds", 0.0)),
+            sent,
+            sent / self.full_bytes,
+            int(metrics.get("measured-peak-mem-bytes", 0)),
+        )
+
+    def aggregate(self, server_round: int, replies: list[Reply]) -> None:
+        """B2 ``zero-fill`` per tensor over the devices that trained it (METHODS.md §6.2, server 3).
+
+        w_l ← w_l + Σ_{i∈S_l} ω_i (w_{l,i} − w_l) / Σ_{i∈S} ω_i with ω_i = 1 (``cocofl.weighted``:
+        ω_i = n_i); S are all valid replies of the round, S_l those whose window holds tensor l.
+        BN running statistics follow the same rule; ``num_batches_tracked`` keeps its value.
+        """
+        contribs: list[Contribution] = []
+        trainers = [0] * self.num_units
+        for reply in replies:
+            tensors, _ = decode_payload(self.restore_scalars(reply.arrays), self.shapes)
+            weight = float(reply.num_examples) if self.ccfg.weighted else 1.0
+            contribs.append(Contribution(tensors, weight))
+            a, b = int(reply.metrics["plan-window-start"]), int(reply.metrics["plan-window-end"])
+            for u in range(a, b + 1):
+                trainers[u] += 1
+        if not contribs or sum(c.weight for c in contribs) <= 0:
+            return
+        self.current.extras["cocofl-unit-trainers"] = trainers
+        self.global_arrays = masked_mean(contribs, self.global_arrays, mode="zero-fill")
+
+    def summary(self) -> None:
+        super().summary()
+        log.info(
+            "  cocofl: %d units, %d windows, cost table %s",
+            self.num_units,
+            len(self.table),
+            cost_table_source(self.shared.model, self.shared.batch_size, self.ccfg),
+        )

@@ -86,6 +86,19 @@ class ClientContext:
         return path
 
     # data ---------------------------------------------------------------------------------------
+    def local_batches(self, train: Any, server_round: int) -> Any:
+        """This round's local batches: ``local-steps`` (or epochs) of ``batch-size``, seeded by
+        (run seed, device, round) so CPU runs are reproducible (METHODS.md §0)."""
+        from fedhet.client.training import num_local_steps
+        from fedhet.core.seeding import derive_seed
+
+        shared = self.run.shared
+        steps = num_local_steps(
+            len(train), shared.batch_size, shared.local_epochs, shared.local_steps
+        )
+        seed = derive_seed(shared.seed, self.device_id, server_round, "batches")
+        return train.sample_batches(shared.batch_size, steps, seed=seed)
+
     def data(self) -> Any:
         """The device's ``ClientSplit`` (train + local test)."""
         return _client_split(

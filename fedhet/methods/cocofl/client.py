@@ -35,10 +35,9 @@ from fedhet.client.runtime import (
     plan_of,
     reply_content,
 )
-from fedhet.client.training import evaluate_model, num_local_steps
+from fedhet.client.training import evaluate_model
 from fedhet.core.codec import encode_sparse, payload_bytes
 from fedhet.core.freeze import train_window
-from fedhet.core.seeding import derive_seed
 from fedhet.methods.cocofl.config import CoCoFLConfig, step_lr
 from fedhet.methods.cocofl.strategy import (
     choose_window,
@@ -79,14 +78,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     received = arrays_of(msg)
     model = build_model(shared.model, num_classes=split.train.num_classes)
     model.load_state_dict(numpy_to_state(received))
-    steps = num_local_steps(
-        len(split.train), shared.batch_size, shared.local_epochs, shared.local_steps
-    )
-    batches = split.train.sample_batches(
-        shared.batch_size,
-        steps,
-        seed=derive_seed(shared.seed, ctx.device_id, server_round, "batches"),
-    )
+    batches = list(ctx.local_batches(split.train, server_round))
     lr = step_lr(shared.lr, server_round, shared.num_server_rounds, ccfg.milestones, ccfg.lr_decay)
     state, measured = train_window(
         model,
@@ -128,7 +120,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         "plan-options": len(options),
         "plan-lr": lr,
         "measured-train-seconds": measured["train-seconds"],
-        "measured-steps": steps,
+        "measured-steps": len(batches),
         "measured-upload-bytes": sent,
         "measured-data": sent / full if full else 0.0,
         "measured-peak-mem-bytes": int(measured["peak-mem-bytes"]),

@@ -13,8 +13,7 @@ from fedhet.client.runtime import (
     reply_content,
     state_to_numpy,
 )
-from fedhet.client.training import evaluate_model, num_local_steps, train_sgd
-from fedhet.core.seeding import derive_seed
+from fedhet.client.training import evaluate_model, train_sgd
 from fedhet.methods.fedavg.config import FedAvgConfig
 from fedhet.models import build_model
 
@@ -32,14 +31,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     split = ctx.data()
     server_round = int(config_of(msg)["server-round"])
     model = _model(ctx, msg, split.train.num_classes)
-    steps = num_local_steps(
-        len(split.train), shared.batch_size, shared.local_epochs, shared.local_steps
-    )
-    batches = split.train.sample_batches(
-        shared.batch_size,
-        steps,
-        seed=derive_seed(shared.seed, ctx.device_id, server_round, "batches"),
-    )
+    batches = ctx.local_batches(split.train, server_round)
     metrics = train_sgd(
         model, batches, lr=shared.lr, momentum=mcfg.momentum, weight_decay=mcfg.weight_decay
     )

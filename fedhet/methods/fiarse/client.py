@@ -16,10 +16,9 @@ import torch
 from flwr.app import Message, RecordDict
 
 from fedhet.client.runtime import ClientContext, arrays_of, config_of, reply_content
-from fedhet.client.training import evaluate_model, num_local_steps
+from fedhet.client.training import evaluate_model
 from fedhet.core.codec import decode_payload, encode_values_only
 from fedhet.core.masks import train_submodel
-from fedhet.core.seeding import derive_seed
 from fedhet.methods.fiarse.config import FiarseConfig
 from fedhet.methods.fiarse.strategy import GAMMA_KEY, THRESHOLDS_KEY
 from fedhet.models import build_model
@@ -65,14 +64,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     split = ctx.data()
     server_round = int(config_of(msg)["server-round"])
     model, received, masks, thresholds = receive_submodel(msg, ctx, split.train.num_classes)
-    steps = num_local_steps(
-        len(split.train), shared.batch_size, shared.local_epochs, shared.local_steps
-    )
-    batches = split.train.sample_batches(
-        shared.batch_size,
-        steps,
-        seed=derive_seed(shared.seed, ctx.device_id, server_round, "batches"),
-    )
+    batches = ctx.local_batches(split.train, server_round)
     state, metrics = train_submodel(
         model, thresholds, batches, lr=shared.lr, surrogate=fcfg.surrogate
     )

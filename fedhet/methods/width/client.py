@@ -23,8 +23,7 @@ from fedhet.client.runtime import (
     reply_content,
     state_to_numpy,
 )
-from fedhet.client.training import evaluate_model, num_local_steps, train_sgd
-from fedhet.core.seeding import derive_seed
+from fedhet.client.training import evaluate_model, train_sgd
 from fedhet.methods.width.config import WidthConfig
 from fedhet.methods.width.strategy import BETA_KEY
 from fedhet.models import build_model
@@ -63,14 +62,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     split = ctx.data()
     server_round = int(config_of(msg)["server-round"])
     model, beta = _slice_model(msg, ctx, split.train.num_classes)
-    steps = num_local_steps(
-        len(split.train), shared.batch_size, shared.local_epochs, shared.local_steps
-    )
-    batches = split.train.sample_batches(
-        shared.batch_size,
-        steps,
-        seed=derive_seed(shared.seed, ctx.device_id, server_round, "batches"),
-    )
+    batches = ctx.local_batches(split.train, server_round)
     with width_scaler(model, beta, wcfg.width_scaler):
         metrics = train_sgd(model, batches, lr=shared.lr)
     metrics["num-examples"] = len(split.train)

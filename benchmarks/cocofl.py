@@ -33,7 +33,6 @@ on a shared host).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -46,7 +45,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, markdown_table, mb, plot_curves, setup, write_result
+from benchmarks.common import (
+    markdown_table,
+    mb,
+    parse_args,
+    plot_curves,
+    setup,
+    write_result,
+)
 from fedhet.config import default_run_config, parse_run_config
 from fedhet.methods import get_method
 from fedhet.methods.cocofl.config import parse_milestones, step_lr
@@ -447,21 +453,11 @@ def combine_tiers(out: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5-round tier (< 5 min on 2 cores)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    parser.add_argument("--seed", type=int, default=0, help="run seed")
-    parser.add_argument(
-        "--methods",
-        default=",".join(METHODS),
-        help="comma-separated subset of: " + ", ".join(METHODS),
+    args = parse_args(
+        __doc__.splitlines()[0], list(METHODS), "5-round tier (< 5 min on 2 cores)", argv
     )
-    args = parser.parse_args(argv)
     setup(1)
-    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in labels if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    labels = args.labels
     tier = "quick" if args.quick else "reference"
     milestones = () if args.quick else parse_milestones(MILESTONES)
     load_start = os.getloadavg()[0]

@@ -27,14 +27,30 @@ RESULTS = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("benchmarks")
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Common flags: ``--quick`` (CI tier), ``--seeds``, ``--out``."""
+def parse_args(
+    description: str,
+    methods: Sequence[str],
+    quick_help: str,
+    argv: Sequence[str] | None = None,
+) -> argparse.Namespace:
+    """Flags every benchmark shares: ``--quick`` (CI tier), ``--out``, ``--jobs``, ``--seed`` and
+    ``--methods`` (a comma-separated subset of ``methods``, checked; parsed into ``args.labels``)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="small CI tier (a few minutes)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per method")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    return parser.parse_args(argv)
+    parser.add_argument("--jobs", type=int, default=2, help="methods run in parallel")
+    parser.add_argument("--seed", type=int, default=0, help="run seed")
+    parser.add_argument(
+        "--methods",
+        default=",".join(methods),
+        help="comma-separated subset of: " + ", ".join(methods),
+    )
+    args = parser.parse_args(argv)
+    args.labels = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.labels if m not in methods]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {list(methods)}")
+    return args
 
 
 def setup(threads: int = 1) -> None:

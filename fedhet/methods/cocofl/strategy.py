@@ -207,17 +207,6 @@ class CoCoFLStrategy(FedhetStrategy):
         return upload, window_options(self.table, budget, upload, self.ccfg)
 
     # replies ----------------------------------------------------------------------------------
-    def restore_scalars(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Give 0-d tensors (BN ``num_batches_tracked``) back their shape ``()``.
-
-        Flower's ``Array`` stores a 0-d NumPy array as shape ``(1,)``; any other shape is left
-        alone for validation to judge.
-        """
-        return {
-            k: v.reshape(()) if self.shapes.get(k) == () and v.shape == (1,) else v
-            for k, v in arrays.items()
-        }
-
     def validate_reply(
         self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]
     ) -> None:
@@ -242,7 +231,7 @@ class CoCoFLStrategy(FedhetStrategy):
             )
         keys = self._window_keys[window]
         expected = {k: v for k, v in spec_of(self.global_arrays).items() if k in keys}
-        validate_arrays(self.restore_scalars(arrays), expected, required=True)
+        validate_arrays(arrays, expected, required=True)
         sent = payload_bytes(arrays)
         if self.ccfg.forced_window is None and sent > upload * self.full_bytes + EPS:
             raise ReplyError(
@@ -276,7 +265,7 @@ class CoCoFLStrategy(FedhetStrategy):
         contribs: list[Contribution] = []
         trainers = [0] * self.num_units
         for reply in replies:
-            tensors, _ = decode_payload(self.restore_scalars(reply.arrays), self.shapes)
+            tensors, _ = decode_payload(reply.arrays, self.shapes)
             weight = float(reply.num_examples) if self.ccfg.weighted else 1.0
             contribs.append(Contribution(tensors, weight))
             a, b = int(reply.metrics["plan-window-start"]), int(reply.metrics["plan-window-end"])

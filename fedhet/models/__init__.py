@@ -37,4 +37,4 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["IMAGE_MODELS", "build_model", "count_parameters", "CNNS", "CNNB", "ResNetS", "AFMNet"]
+__all__ = ["CNNB", "CNNS", "IMAGE_MODELS", "AFMNet", "ResNetS", "build_model", "count_parameters"]

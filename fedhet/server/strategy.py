@@ -624,6 +624,8 @@ class FedhetStrategy(FedAvg):
         self.run_dir.write_config(self.cfg.raw)
         latest = self.run_dir.load_latest_checkpoint()
         if latest is None:
+            # a run that stopped before its first checkpoint starts over: drop its metric lines
+            self.run_dir.truncate_metrics(0)
             return 0
         last, state = latest
         self.global_arrays = {k: v.numpy() for k, v in state["global"].items()}

@@ -160,3 +160,13 @@ def test_fedavg_on_a_batch_norm_model_keeps_every_reply(tmp_path):
     history = strategy.start(grid)
     assert history[0]["dropped"] == []
     assert history[0]["num-trained"] == 3
+
+
+def test_restart_before_first_checkpoint_starts_clean(tmp_path):
+    """Metric lines of a run that died before its first checkpoint are not kept twice."""
+    strategy, grid = make("fedavg", tmp_path, num_server_rounds=1, checkpoint_every=5)
+    run_dir = RunDir(tmp_path / "t-fedavg")
+    run_dir.append_metrics({"round": 1, "stale": True})
+    strategy.start(grid)
+    rows = run_dir.read_metrics()
+    assert [r["round"] for r in rows] == [1] and "stale" not in rows[0]

@@ -44,3 +44,22 @@ def make(
     grid = LocalGrid(client_app, nodes, raw)
     strategy = get_method(method).strategy_cls(cfg, RunDir(Path(tmp) / cfg.shared.run_name))
     return strategy, grid
+
+
+def sized_run_config(method: str, **extra: Any) -> dict[str, Any]:
+    """Run config of the submodel-size methods' tests: 4 devices, one per ladder size."""
+    raw = default_run_config(
+        method=method,
+        dataset="digits",
+        num_server_rounds=2,
+        min_nodes=4,
+        local_steps=2,
+        batch_size=16,
+        lr=0.1,
+        profile_bench=False,
+        local_test_size=40,
+        partition="iid",
+    )
+    raw[f"{method}.size-assignment"] = "equal-groups"
+    raw.update(extra)
+    return raw

@@ -15,7 +15,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType
 
-from fedhet.config import default_run_config, parse_run_config
+from fedhet.config import parse_run_config
 from fedhet.core.codec import VALUES
 from fedhet.core.masks import (
     SurrogateMask,
@@ -32,27 +32,14 @@ from fedhet.plan import Budget, NodePlan
 from fedhet.profile import DeviceProfile
 from fedhet.server.strategy import Node, Reply
 from fedhet.sim import LocalGrid, simulated_node_configs
+from tests.methods.helpers import sized_run_config
 
 LADDER = (1 / 64, 1 / 16, 1 / 4, 1.0)
 D_CNN_S = 421_642
 
 
 def run_config(method: str = "fiarse", **extra: Any) -> dict[str, Any]:
-    raw = default_run_config(
-        method=method,
-        dataset="digits",
-        num_server_rounds=2,
-        min_nodes=4,
-        local_steps=2,
-        batch_size=16,
-        lr=0.1,
-        profile_bench=False,
-        local_test_size=40,
-        partition="iid",
-    )
-    raw[f"{method}.size-assignment"] = "equal-groups"
-    raw.update(extra)
-    return raw
+    return sized_run_config(method, **extra)
 
 
 def run_grid(

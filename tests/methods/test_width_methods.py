@@ -14,32 +14,18 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType
 
-from fedhet.config import default_run_config, parse_run_config
+from fedhet.config import parse_run_config
 from fedhet.methods import get_method
 from fedhet.methods.width.client import width_scaler
 from fedhet.methods.width.strategy import BETA_KEY, OFFSET_KEY, WidthStrategy
 from fedhet.models import build_model
 from fedhet.sim import LocalGrid, simulated_node_configs
+from tests.methods.helpers import sized_run_config
 
 LADDER = (1 / 64, 1 / 16, 1 / 4, 1.0)
 
 
-def run_config(method: str, **extra: Any) -> dict[str, Any]:
-    raw = default_run_config(
-        method=method,
-        dataset="digits",
-        num_server_rounds=2,
-        min_nodes=4,
-        local_steps=2,
-        batch_size=16,
-        lr=0.1,
-        profile_bench=False,
-        local_test_size=40,
-        partition="iid",
-    )
-    raw[f"{method}.size-assignment"] = "equal-groups"
-    raw.update(extra)
-    return raw
+run_config = sized_run_config
 
 
 def run_grid(

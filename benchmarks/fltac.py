@@ -3,7 +3,8 @@
 FL-TAC (arXiv 2404.15384): one rank-1 LoRA adapter per (device, task), server-side K-means with
 K = 3. FedIT (arXiv 2305.05644): one rank-16 adapter per device, FedAvg, heads per task name.
 10 devices, per-task Dir(0.5) with cut-off 0.01, all devices every round, AdamW 2e-3, batch 16,
-48 tokens. Writes ``benchmarks/results/fltac.md``, ``fltac.json`` and two PNG plots.
+48 tokens. Writes ``benchmarks/results/fltac-quick.md`` (or ``fltac-reference.md``), its JSON and two PNG plots;
+``fltac.md`` is the curated summary of both tiers.
 
 Tiers (1 torch thread per process; the two methods run in parallel worker processes):
 
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     tier = "quick" if args.quick else "reference"
     text, data = report(histories, walls, args.quick, command, (load_before, load_after))
-    name = "fltac" if args.quick else "fltac-reference"
+    name = "fltac-quick" if args.quick else "fltac-reference"
     plot_curves(
         histories,
         args.out / f"fltac-{tier}-accuracy.png",

@@ -101,6 +101,35 @@ class SizedStrategy(FedhetStrategy):
         gamma, source = self.device_size(profile, budget)
         return True, {"gamma": gamma, "size-source": source}, ""
 
+    def evaluation_sizes(self) -> tuple[float, ...]:
+        """Sizes scored on the global test set (default: the ladder)."""
+        return self.size_cfg.sizes
+
+    def size_model(self, gamma: float, num_classes: int) -> Any:
+        """The global model's size-γ submodel, ready to evaluate (each method extracts its own)."""
+        raise NotImplementedError
+
+    def server_evaluate(self, server_round: int) -> dict[str, float]:
+        """Global-test accuracy of every size's submodel (``server-accuracy-g<γ>``) and their mean
+        over the ladder, ``server-accuracy`` = Global (METHODS.md §7.2 step 7). One definition for
+        every size method, so their Global numbers compare."""
+        if not self.evaluates(server_round):
+            return {}
+        data = self._global_test()
+        if data is None:
+            return {}
+        from fedhet.client.training import evaluate_model
+
+        out: dict[str, float] = {}
+        for gamma in self.evaluation_sizes():
+            model = self.size_model(gamma, data.num_classes)
+            correct, total, _ = evaluate_model(model, data, batch_size=500)
+            out[f"server-accuracy-{size_key(gamma)}"] = correct / max(total, 1)
+        out["server-accuracy"] = float(
+            np.mean([out[f"server-accuracy-{size_key(g)}"] for g in self.size_cfg.sizes])
+        )
+        return out
+
     def evaluates(self, server_round: int) -> bool:
         """Evaluate this round (every ``eval-every`` rounds and the last)."""
         every = self.size_cfg.eval_every

@@ -31,7 +31,7 @@ from fedhet.core.masks import (
 )
 from fedhet.methods.fiarse.config import FiarseConfig
 from fedhet.server.run_dir import RunDir
-from fedhet.server.sizes import SizedStrategy, size_key
+from fedhet.server.sizes import SizedStrategy
 from fedhet.server.strategy import Node, Reply
 from fedhet.server.validate import ArraySpec, ReplyError, validate_arrays
 
@@ -204,27 +204,18 @@ class FiarseStrategy(SizedStrategy):
         payload, config, _ = self._payload(node)
         return payload, config
 
-    def server_evaluate(self, server_round: int) -> dict[str, float]:
-        """Global-test accuracy of the top-γ submodel per size; ``server-accuracy`` = Global."""
-        if not self.evaluates(server_round):
-            return {}
-        data = self._global_test()
-        if data is None:
-            return {}
-        from fedhet.client.training import evaluate_model
+    def evaluation_sizes(self) -> tuple[float, ...]:
+        """Ladder plus ``fiarse.eval-sizes`` (unseen sizes)."""
+        return self.fcfg.evaluation_sizes
+
+    def size_model(self, gamma: float, num_classes: int) -> Any:
+        """The top-γ submodel by magnitude: the global model with entries below τ zeroed."""
         from fedhet.models import build_model
 
-        out: dict[str, float] = {}
-        model = build_model(self.shared.model, num_classes=data.num_classes)
-        for gamma in self.fcfg.evaluation_sizes:
-            _, masks = self.submodel(gamma)
-            model.load_state_dict(self._masked_state(masks))
-            correct, total, _ = evaluate_model(model, data, batch_size=500)
-            out[f"server-accuracy-{size_key(gamma)}"] = correct / max(total, 1)
-        out["server-accuracy"] = float(
-            np.mean([out[f"server-accuracy-{size_key(g)}"] for g in self.fcfg.sizes])
-        )
-        return out
+        _, masks = self.submodel(gamma)
+        model = build_model(self.shared.model, num_classes=num_classes)
+        model.load_state_dict(self._masked_state(masks))
+        return model
 
     def summary(self) -> None:
         super().summary()

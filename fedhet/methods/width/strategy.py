@@ -26,7 +26,7 @@ from fedhet.methods.width.config import WidthConfig
 from fedhet.plan import Budget
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
-from fedhet.server.sizes import SizedStrategy, size_key
+from fedhet.server.sizes import SizedStrategy
 from fedhet.server.strategy import Node, Reply
 from fedhet.server.validate import ArraySpec, ReplyError, spec_of
 
@@ -144,28 +144,15 @@ class WidthStrategy(SizedStrategy):
         _, sub = self.slice_for(beta, "static", 0)
         return sub, {BETA_KEY: beta, OFFSET_KEY: 0}
 
-    def server_evaluate(self, server_round: int) -> dict[str, float]:
-        """Global-test accuracy of the static slice of every ladder size; mean = Global."""
-        if not self.evaluates(server_round):
-            return {}
-        data = self._global_test()
-        if data is None:
-            return {}
-        from fedhet.client.training import evaluate_model
+    def size_model(self, gamma: float, num_classes: int) -> Any:
+        """The static width-√γ slice (B12: evaluation uses the static slice)."""
         from fedhet.models import build_model
 
-        out: dict[str, float] = {}
-        for gamma in self.wcfg.sizes:
-            beta = math.sqrt(gamma)
-            _, sub = self.slice_for(beta, "static", 0)
-            model = build_model(self.shared.model, num_classes=data.num_classes, width=beta)
-            model.load_state_dict({k: torch.from_numpy(v) for k, v in sub.items()})
-            correct, total, _ = evaluate_model(model, data, batch_size=500)
-            out[f"server-accuracy-{size_key(gamma)}"] = correct / max(total, 1)
-        out["server-accuracy"] = float(
-            np.mean([out[f"server-accuracy-{size_key(g)}"] for g in self.wcfg.sizes])
-        )
-        return out
+        beta = math.sqrt(gamma)
+        _, sub = self.slice_for(beta, "static", 0)
+        model = build_model(self.shared.model, num_classes=num_classes, width=beta)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in sub.items()})
+        return model
 
     def summary(self) -> None:
         super().summary()

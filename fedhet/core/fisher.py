@@ -238,6 +238,22 @@ def fisher_masks(fisher_hat: Mapping[str, Tensor], q: float) -> dict[str, Tensor
     return {n: (f >= tau).to(f.dtype) for n, f in fisher_hat.items()}
 
 
+def stable_fisher_weights(
+    fisher_hat: Mapping[str, Tensor], lr: float, lambda_f: float
+) -> dict[str, Tensor]:
+    """F̂ capped at 1/(lr·λ_F), so plain SGD on (λ_F/2)·F̂_j(θ_j − Θ_j)² never overshoots Θ_j.
+
+    The penalty's curvature is λ_F·F̂_j; one SGD step multiplies θ_j − Θ_j by 1 − lr·λ_F·F̂_j, which
+    diverges once lr·λ_F·F̂_j > 2. F̂ is normalised to mean 1 but its top-q entries (exactly those
+    the mask keeps) can exceed 100, so uncapped training diverged in our runs (our choice, not
+    in METHODS.md; a no-op when lr·λ_F·max F̂ ≤ 1).
+    """
+    if not lambda_f > 0 or not lr > 0:
+        return dict(fisher_hat)
+    cap = 1.0 / (lr * lambda_f)
+    return {n: f.clamp(max=cap) for n, f in fisher_hat.items()}
+
+
 def layer_tie_weights(
     fisher_hat: Mapping[str, Tensor], layers: Mapping[str, Sequence[str]], mu: float
 ) -> dict[str, float]:
@@ -387,5 +403,6 @@ __all__ = [
     "normalise_fisher",
     "probe_signature",
     "quad_penalty",
+    "stable_fisher_weights",
     "taylor_saliency",
 ]

@@ -117,6 +117,15 @@ METHODS: dict[str, MethodEntry] = {
             "(arXiv 2203.05468).",
             test_overrides=(("model", "cnn_b"),),
         ),
+        _entry(
+            "genefl",
+            "genefl",
+            "Genefl",
+            "GENE-FL (reconstructed): learnGene exchange per cluster, Fisher ties, newcomers by "
+            "probe signature (arXiv 2504.14628).",
+            default_model="cnn_b",
+            test_overrides=(("model", "cnn_b"),),
+        ),
     ]
 }
 

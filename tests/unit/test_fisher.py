@@ -151,3 +151,27 @@ def test_probe_signature_is_the_normalised_update() -> None:
         _linear([[3, 0], [0, 4]]), {"weight": torch.zeros(2, 2)}, [], lr, mode="weights"
     )
     assert np.allclose(w, [0.6, 0, 0, 0.8])
+
+
+def test_stable_fisher_weights_cap_keeps_sgd_from_diverging() -> None:
+    from fedhet.core.fisher import stable_fisher_weights
+
+    lr, lam = 0.05, 1.0
+    fh = {"a": torch.tensor([0.5, 300.0])}
+    capped = stable_fisher_weights(fh, lr, lam)
+    assert capped["a"].tolist() == pytest.approx([0.5, 20.0])
+    assert stable_fisher_weights(fh, lr, 0.0)["a"].tolist() == [0.5, 300.0]
+
+    # plain SGD on (λ/2)·F̂·(θ − Θ)²: the uncapped weight blows up, the capped one converges
+    def run(weights: dict[str, torch.Tensor]) -> float:
+        theta = torch.tensor([1.0, 1.0], requires_grad=True)
+        ref = {"a": torch.zeros(2)}
+        opt = torch.optim.SGD([theta], lr=lr)
+        for _ in range(20):
+            opt.zero_grad()
+            (0.5 * lam * quad_penalty({"a": theta}, ref, weights)).backward()
+            opt.step()
+        return float(theta.abs().max())
+
+    assert run(fh) > 1e6
+    assert run(capped) <= 1.0

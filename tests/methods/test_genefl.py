@@ -204,3 +204,15 @@ def test_bad_config_is_a_config_error(tmp_path: Path, key: str, value: Any) -> N
 
     with pytest.raises(ConfigError, match=key.split(".")[1]):
         parse_run_config(tiny_config("genefl", tmp_path, **{key: value}))
+
+
+def test_wire_and_plan_helpers() -> None:
+    from fedhet.methods.genefl.plan import scaled_steps
+
+    assert wire.decode_layers(wire.encode_layers(["units.0", "units.5"])) == ["units.0", "units.5"]
+    with pytest.raises(ValueError, match="JSON list"):
+        wire.decode_layers('{"units.0": 1}')
+    assert scaled_steps(25, 0.33, True) == 8
+    assert scaled_steps(25, 0.33, False) == 25
+    assert scaled_steps(0, 0.33, True) == 0  # epoch rule kept
+    assert scaled_steps(1, 0.01, True) == 1

@@ -167,8 +167,14 @@ def run_probe(
 
 
 def _probe_steps(ctx: ClientContext, msg: Message, cfg: dict[str, Any]) -> int:
+    """E_p: ``genefl.probe-steps``, else the fleet-wide E (never the device's scaled steps, so
+    every prober runs the identical probe, §3.7)."""
     e_p = int(cfg.get(wire.PROBE_STEPS, 0))
-    return e_p if e_p > 0 else _steps(ctx, msg, len(ctx.data().train))
+    if e_p > 0:
+        return e_p
+    shared = ctx.run.shared
+    n = len(ctx.data().train)
+    return num_local_steps(n, shared.batch_size, shared.local_epochs, shared.local_steps)
 
 
 def _clustering(msg: Message, ctx: ClientContext, cfg: dict[str, Any], store: bool) -> RecordDict:

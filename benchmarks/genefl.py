@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -163,7 +164,7 @@ def _newcomers(strategy: Any, grid: Any, raw: dict[str, Any], fedavg_global: dic
             {
                 "device": dev,
                 "cluster": k_star,
-                "download-bytes": entry["bytes-down"],
+                "download-bytes": entry["genefl-newcomer-bytes-down"],
                 "upload-bytes": entry["bytes-up"],
                 "acc": accs,
             }
@@ -173,7 +174,13 @@ def _newcomers(strategy: Any, grid: Any, raw: dict[str, Any], fedavg_global: dic
 
 def _gene_stats(hist: list[dict[str, Any]], fed: list[dict[str, Any]]) -> dict[str, Any]:
     def per_node_up(rows: list[dict[str, Any]]) -> list[int]:
-        return [n["bytes-up"] for h in rows for n in h["nodes"] if n["status"] == "trained"]
+        # a training upload only: a newcomer probed in the same round also sent its signature
+        return [
+            n["bytes-up"] - n.get("genefl-newcomer-bytes-up", 0)
+            for h in rows
+            for n in h["nodes"]
+            if n["status"] == "trained"
+        ]
 
     gene_rows = [h for h in hist if h.get("genefl-phase") == "gene"]
     gene_up = per_node_up(gene_rows)
@@ -194,6 +201,42 @@ def _gene_stats(hist: list[dict[str, Any]], fed: list[dict[str, Any]]) -> dict[s
             if fisher
             else None
         ),
+    }
+
+
+def _fisher_timing(raw: dict[str, Any], gene_keys: Sequence[str]) -> dict[str, float]:
+    """Isolated cost of F̂ on one device (median of 3): M_F = 10 batches of 32 over 𝓖, both
+    estimators, next to the E = 25 training steps it accompanies (1 torch thread)."""
+    from fedhet.core.fisher import diag_fisher
+
+    split = _split(raw, 0)
+    model = build_model("cnn_b")
+    names = [n for n, _ in model.named_parameters() if n in set(gene_keys)]
+
+    def timed(fn: Any) -> float:
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs)
+
+    def batches(n: int) -> Any:
+        return split.train.sample_batches(32, n, seed=1)
+
+    def train() -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        for x, y in batches(25):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    return {
+        "fisher-batch-s": timed(lambda: diag_fisher(model, batches(10), names)),
+        "fisher-per-sample-s": timed(
+            lambda: diag_fisher(model, batches(10), names, per_sample=True)
+        ),
+        "train-25-steps-s": timed(train),
     }
 
 
@@ -244,6 +287,22 @@ def _plot(hist: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+PROJECT_ROUNDS = 30
+
+
+def _projected_ratio(data: dict[str, Any]) -> float:
+    """FedAvg / GENE-FL cumulative upload after PROJECT_ROUNDS rounds, from per-round means."""
+    g, fed = data["genefl"], data["fedavg"]
+    fixed = sum(h["bytes-up"] for h in g if h.get("genefl-phase") != "gene")
+    gene = [h["bytes-up"] for h in g if h.get("genefl-phase") == "gene"]
+    n_fixed = len(g) - len(gene)
+    fed_round = statistics.mean(h["bytes-up"] for h in fed)
+    if not gene:
+        return float("nan")
+    total_g = fixed + (PROJECT_ROUNDS - n_fixed) * statistics.mean(gene)
+    return PROJECT_ROUNDS * fed_round / total_g
 
 
 def _verdict(ok: bool | None) -> str:
@@ -391,6 +450,16 @@ def report(data: dict[str, Any]) -> str:
         if s["fisher-seconds-per-device"]
         else "Fisher cost: no gene round ran.",
         "",
+        "Isolated timing on one device (1 thread, median of 3; host load average "
+        f"{data['load-average']:.1f} on 2 cores, so absolute seconds are inflated): F̂ with the "
+        f"batch estimator {data['fisher-timing']['fisher-batch-s']:.3f} s, per-sample "
+        f"(torch.func) {data['fisher-timing']['fisher-per-sample-s']:.3f} s, vs "
+        f"{data['fisher-timing']['train-25-steps-s']:.3f} s for the E = 25 training steps.",
+        "",
+        f"Projection (not a measurement): with this run's per-round uploads, {PROJECT_ROUNDS} "
+        f"rounds would give a cumulative upload {_projected_ratio(data):.2f}× lower than "
+        "FedAvg's (warm-up and clustering counted once).",
+        "",
         f"learnGene 𝓖 = {data['gene-layers']} ({data['gene-size']} of {data['model-size']} values, "
         f"{100 * data['gene-size'] / data['model-size']:.1f}%); clusters of the founders: "
         f"{sorted({f['cluster'] for f in founders if f['cluster'] is not None})}.",
@@ -420,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "genefl", f"genefl-{tier}", "genefl", node_configs=nodes, out=args.out, **conf
     )
     fed_global = {k: np.array(v, copy=True) for k, v in strat_f.global_arrays.items()}
+    timing = _fisher_timing(raw, strat_g.gene_keys)
     founders = _founder_accuracy(strat_g, grid, raw, fed_global)
     newcomers, epochs = _newcomers(strat_g, grid, raw, fed_global, args.quick)
     plot = f"genefl-{tier}.png"
@@ -440,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "model-size": int(sum(strat_g.sizes.values())),
         "full-model-bytes": int(sum(v.nbytes for v in fed_global.values())),
         "plot": plot,
+        "fisher-timing": timing,
+        "load-average": os.getloadavg()[0],
     }
     text = report(data)
     path = write_result(Path(args.out), f"genefl-{tier}", text, data)

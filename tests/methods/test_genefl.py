@@ -87,7 +87,12 @@ def test_late_node_takes_the_newcomer_path(tmp_path: Path) -> None:
     entry = _node(rows[3], late)
     assert entry["genefl-role"] == "newcomer"
     assert isinstance(entry["genefl-cluster"], int)
-    assert entry["bytes-down"] > 0 and entry["bytes-up"] > 0  # P down, signature up, Θ_k* down
+    # P and Θ_k* down, the signature up, all in the ledger under the newcomer-path keys
+    gene_bytes = 4 * rows[3]["genefl-learngene-size"]
+    assert 2 * gene_bytes <= entry["genefl-newcomer-bytes-down"] <= entry["bytes-down"]
+    # assigned before the round's training, it also trains in its cluster in the same round
+    assert entry["status"] == "trained"
+    assert 0 < entry["genefl-newcomer-bytes-up"] < entry["bytes-up"]
     assert rows[3]["genefl-newcomers"] == 1
     # it then trains in its cluster and is evaluated on its personal model
     assert _node(rows[4], late)["status"] == "trained"

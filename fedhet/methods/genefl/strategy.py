@@ -50,6 +50,9 @@ from fedhet.server.validate import ArraySpec, ReplyError, spec_of, validate_arra
 log = logging.getLogger("fedhet.genefl")
 
 Arrays = dict[str, np.ndarray]
+#: Node-entry keys: bytes of the newcomer path (probe and init), part of bytes-down/bytes-up.
+NEWCOMER_DOWN = "genefl-newcomer-bytes-down"
+NEWCOMER_UP = "genefl-newcomer-bytes-up"
 
 
 def _copy(arrays: Arrays) -> Arrays:
@@ -332,7 +335,11 @@ class GeneflStrategy(FedhetStrategy):
         bytes in the ledger and errors logged as dropped."""
         msgs, sent = [], {}
         for node_id, (arrays, extra) in payloads.items():
-            msg = self._message(self.nodes[node_id], arrays, extra, server_round, MessageType.TRAIN)
+            target = self.nodes[node_id]
+            entry = self.current.node(target)
+            before = entry["bytes-down"]
+            msg = self._message(target, arrays, extra, server_round, MessageType.TRAIN)
+            entry[NEWCOMER_DOWN] = entry.get(NEWCOMER_DOWN, 0) + entry["bytes-down"] - before
             msgs.append(msg)
             sent[msg.metadata.message_id] = node_id
         out: dict[int, Message] = {}
@@ -350,6 +357,7 @@ class GeneflStrategy(FedhetStrategy):
             _, total = record_bytes(reply.content)
             entry = self.current.node(node)
             entry["bytes-up"] += total
+            entry[NEWCOMER_UP] = entry.get(NEWCOMER_UP, 0) + total
             self.totals["bytes-up"] += total
             out[node_id] = reply
         for node_id in set(payloads) - set(out):

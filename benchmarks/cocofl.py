@@ -53,8 +53,8 @@ from benchmarks.common import (
     setup,
     write_result,
 )
-from fedhet.config import default_run_config, parse_run_config
-from fedhet.methods import get_method
+from fedhet.config import default_run_config
+from fedhet.methods import get_method, parse_run_config
 from fedhet.methods.cocofl.config import parse_milestones, step_lr
 from fedhet.plan import CLASS_BUDGETS, fleet_class
 from fedhet.server.run_dir import RunDir

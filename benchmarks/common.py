@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from fedhet.config import default_run_config, parse_run_config
-from fedhet.methods import get_method
+from fedhet.config import default_run_config
+from fedhet.methods import get_method, parse_run_config
 from fedhet.server.run_dir import RunDir
 from fedhet.sim import LocalGrid, simulated_node_configs
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from fedhet.config import default_run_config, parse_run_config
-from fedhet.methods import METHODS, get_method
+from fedhet.config import default_run_config
+from fedhet.methods import METHODS, get_method, parse_run_config
 from fedhet.server.run_dir import RunDir
 from fedhet.sim import LocalGrid, simulated_node_configs
 

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from fedhet.config import ConfigError, RunConfig, parse_run_config
+from fedhet.config import ConfigError, RunConfig
 from fedhet.core.codec import as_contiguous
+from fedhet.methods import parse_run_config
 from fedhet.plan import NodePlan, fleet_class
 from fedhet.profile import NodeSettings, parse_node_config
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from fedhet.data.catalog import PARTITIONS
+
 __all__ = [
     "PARTITIONERS",
     "balanced_dirichlet",
@@ -28,7 +30,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PARTITIONERS = ("iid", "dirichlet", "balanced-dirichlet", "dirichlet-shards", "pathological")
+#: Partitioner names, from :data:`fedhet.data.catalog.PARTITIONS`.
+PARTITIONERS: tuple[str, ...] = PARTITIONS
 
 _MAX_DIRICHLET_TRIES = 1000
 

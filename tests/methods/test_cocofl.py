@@ -18,18 +18,14 @@ import torch
 from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 
 from fedhet.client.runtime import ClientContext
-from fedhet.config import default_run_config, parse_run_config
+from fedhet.config import default_run_config
 from fedhet.core.costs import WindowCost, load_cost_table
 from fedhet.core.quant import window_state_keys
-from fedhet.methods import get_method
+from fedhet.methods import get_method, parse_run_config
 from fedhet.methods.cocofl import client as cocofl_client
 from fedhet.methods.cocofl.config import CoCoFLConfig, parse_window, step_lr
-from fedhet.methods.cocofl.strategy import (
-    CoCoFLStrategy,
-    choose_window,
-    window_cost_table,
-    window_options,
-)
+from fedhet.methods.cocofl.strategy import CoCoFLStrategy
+from fedhet.methods.cocofl.windows import choose_window, window_cost_table, window_options
 from fedhet.models import build_model
 from fedhet.plan import Budget, NodePlan
 from fedhet.profile import DeviceProfile

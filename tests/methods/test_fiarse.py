@@ -15,23 +15,17 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType
 
-from fedhet.config import parse_run_config
 from fedhet.core.codec import VALUES
-from fedhet.core.masks import (
-    SurrogateMask,
-    equal_group_size,
-    magnitude_thresholds,
-    parse_size_ladder,
-    size_from_ladder,
-    submodel_mask_spec,
-)
-from fedhet.methods import get_method
-from fedhet.methods.fiarse.strategy import THRESHOLDS_KEY, FiarseStrategy
+from fedhet.core.masks import SurrogateMask, magnitude_thresholds, submodel_mask_spec
+from fedhet.methods import get_method, parse_run_config
+from fedhet.methods.fiarse.strategy import FiarseStrategy
+from fedhet.methods.fiarse.wire import THRESHOLDS_KEY
 from fedhet.models import build_model
 from fedhet.plan import Budget, NodePlan
 from fedhet.profile import DeviceProfile
 from fedhet.server.strategy import Node, Reply
 from fedhet.sim import LocalGrid, simulated_node_configs
+from fedhet.sizes import equal_group_size, parse_size_ladder, size_from_ladder
 from tests.methods.helpers import sized_run_config
 
 LADDER = (1 / 64, 1 / 16, 1 / 4, 1.0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from fedhet.config import ConfigError, parse_run_config
-from fedhet.methods import get_method
+from fedhet.config import ConfigError
+from fedhet.methods import get_method, parse_run_config
 from fedhet.server.run_dir import RunDir
 from tests.methods.helpers import make, tiny_config
 

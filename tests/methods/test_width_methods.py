@@ -14,10 +14,10 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType
 
-from fedhet.config import parse_run_config
-from fedhet.methods import get_method
+from fedhet.methods import get_method, parse_run_config
 from fedhet.methods.width.client import width_scaler
-from fedhet.methods.width.strategy import BETA_KEY, OFFSET_KEY, WidthStrategy
+from fedhet.methods.width.strategy import WidthStrategy
+from fedhet.methods.width.wire import BETA_KEY, OFFSET_KEY
 from fedhet.models import build_model
 from fedhet.sim import LocalGrid, simulated_node_configs
 from tests.methods.helpers import sized_run_config

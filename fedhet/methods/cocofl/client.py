@@ -39,7 +39,7 @@ from fedhet.client.training import evaluate_model
 from fedhet.core.codec import encode_sparse, payload_bytes
 from fedhet.core.freeze import train_window
 from fedhet.methods.cocofl.config import CoCoFLConfig, step_lr
-from fedhet.methods.cocofl.strategy import (
+from fedhet.methods.cocofl.windows import (
     choose_window,
     window_cost_table,
     window_label,

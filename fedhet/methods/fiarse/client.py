@@ -20,7 +20,7 @@ from fedhet.client.training import evaluate_model
 from fedhet.core.codec import decode_payload, encode_values_only
 from fedhet.core.masks import train_submodel
 from fedhet.methods.fiarse.config import FiarseConfig
-from fedhet.methods.fiarse.strategy import GAMMA_KEY, THRESHOLDS_KEY
+from fedhet.methods.fiarse.wire import GAMMA_KEY, THRESHOLDS_KEY
 from fedhet.models import build_model
 
 

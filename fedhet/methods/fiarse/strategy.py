@@ -30,16 +30,13 @@ from fedhet.core.masks import (
     submodel_mask_spec,
 )
 from fedhet.methods.fiarse.config import FiarseConfig
+from fedhet.methods.fiarse.wire import GAMMA_KEY, THRESHOLDS_KEY
 from fedhet.server.run_dir import RunDir
 from fedhet.server.sizes import SizedStrategy
 from fedhet.server.strategy import Node, Reply
 from fedhet.server.validate import ArraySpec, ReplyError, validate_arrays
 
 log = logging.getLogger("fedhet")
-
-#: Train/eval config key carrying τ per masked tensor as a JSON object (METHODS.md §7.2 step 3).
-THRESHOLDS_KEY = "fiarse-thresholds"
-GAMMA_KEY = "fiarse-gamma"
 
 
 class FiarseStrategy(SizedStrategy):

@@ -25,7 +25,7 @@ from fedhet.client.runtime import (
 )
 from fedhet.client.training import evaluate_model, train_sgd
 from fedhet.methods.width.config import WidthConfig
-from fedhet.methods.width.strategy import BETA_KEY
+from fedhet.methods.width.wire import BETA_KEY
 from fedhet.models import build_model
 
 

@@ -23,6 +23,7 @@ from fedhet.config import ConfigError, RunConfig
 from fedhet.core.aggregate import Contribution, masked_mean
 from fedhet.core.width import WIDTH_MODELS, extract_submodel, scatter_submodel, width_indices
 from fedhet.methods.width.config import WidthConfig
+from fedhet.methods.width.wire import BETA_KEY, OFFSET_KEY
 from fedhet.plan import Budget
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
@@ -31,9 +32,6 @@ from fedhet.server.strategy import Node, Reply
 from fedhet.server.validate import ArraySpec, ReplyError, spec_of
 
 log = logging.getLogger("fedhet")
-
-BETA_KEY = "width-beta"
-OFFSET_KEY = "width-offset"
 
 
 class WidthStrategy(SizedStrategy):

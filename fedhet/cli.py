@@ -223,8 +223,8 @@ def cmd_methods(_: argparse.Namespace) -> int:
 
 
 def cmd_profile_costs(args: argparse.Namespace) -> int:
-    """Write a CoCoFL cost table (``python -m fedhet.core.costs`` with the same options)."""
-    from fedhet.core.costs import main as costs_main
+    """Write a CoCoFL cost table (``python -m fedhet.models.cost_tables`` with the same options)."""
+    from fedhet.models.cost_tables import main as costs_main
 
     return costs_main(args.costs_args)
 

@@ -21,16 +21,15 @@ if TYPE_CHECKING:
         global_test,
     )
     from fedhet.data.images import FMNIST_MEAN, FMNIST_STD, load_image_dataset, read_idx
+    from fedhet.data.local import cap_per_client, local_test_indices
     from fedhet.data.partition import (
         PARTITIONERS,
         balanced_dirichlet,
-        cap_per_client,
         class_histogram,
         dirichlet,
         dirichlet_shards,
         group_correlated,
         iid,
-        local_test_indices,
         pathological,
     )
     from fedhet.data.user import load_user_data
@@ -50,13 +49,13 @@ _LAZY: dict[str, str] = {
     "read_idx": "images",
     "PARTITIONERS": "partition",
     "balanced_dirichlet": "partition",
-    "cap_per_client": "partition",
+    "cap_per_client": "local",
     "class_histogram": "partition",
     "dirichlet": "partition",
     "dirichlet_shards": "partition",
     "group_correlated": "partition",
     "iid": "partition",
-    "local_test_indices": "partition",
+    "local_test_indices": "local",
     "pathological": "partition",
     "load_user_data": "user",
 }

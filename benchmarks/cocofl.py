@@ -64,7 +64,7 @@ log = logging.getLogger("benchmarks.cocofl")
 
 BENCH = "cocofl"
 NUM_DEVICES = 30
-CLASSES = ("strong", "medium", "weak")
+CLASSES: tuple[str, ...] = tuple(CLASS_BUDGETS)
 MILESTONES = "0.6,0.8"
 
 #: label -> (registered method, run-config overrides)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
 from fedhet.config import ConfigError, KebabModel, SharedConfig
 from fedhet.core.seeding import rng
-from fedhet.profile import DeviceProfile
+
+if TYPE_CHECKING:  # profile.py reads the class names below
+    from fedhet.profile import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,10 @@ CLASS_BUDGETS: dict[str, tuple[float, float, float, float]] = {
     "medium": (0.66, 0.66, 0.5, 1.0),
     "weak": (0.33, 0.33, 0.5, 1.0),
 }
+#: A device that declares its own fractions instead of a class of the table.
+CUSTOM_CLASS = "custom"
+#: Every device class a node config may declare: the table's classes, then ``custom``.
+DEVICE_CLASSES: tuple[str, ...] = (*CLASS_BUDGETS, CUSTOM_CLASS)
 
 
 class Budget(KebabModel):
@@ -111,9 +117,9 @@ def fleet_class(fleet: str, partition_id: int | None, num_partitions: int | None
                 break
     else:
         raise ConfigError(f"invalid run config: 'fleet' = {fleet!r}: empty table")
-    if cls not in CLASS_BUDGETS and cls != "custom":
+    if cls not in DEVICE_CLASSES:
         raise ConfigError(
-            f"invalid run config: 'fleet' names class {cls!r}; allowed: strong, medium, weak, custom"
+            f"invalid run config: 'fleet' names class {cls!r}; allowed: {', '.join(DEVICE_CLASSES)}"
         )
     return str(cls)
 

@@ -130,3 +130,16 @@ def test_parsing_imports_no_torch_flower_or_transformers():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_device_classes_come_from_the_class_table():
+    from fedhet.plan import CLASS_BUDGETS, DEVICE_CLASSES, fleet_class
+    from fedhet.profile import parse_node_config
+
+    assert DEVICE_CLASSES == (*CLASS_BUDGETS, "custom")
+    for name in DEVICE_CLASSES:
+        assert parse_node_config({"device-class": name}).device_class == name
+    with pytest.raises(ConfigError, match="use one of " + ", ".join(DEVICE_CLASSES)):
+        parse_node_config({"device-class": "huge"})
+    with pytest.raises(ConfigError, match="allowed: " + ", ".join(DEVICE_CLASSES)):
+        fleet_class('["strong", "huge"]', 1, 2)

@@ -48,12 +48,13 @@ test-fast: install
 	@set +e; $(PY) -m pytest -q -m "not integration and not deployment"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-lint: install
+# Lint and types need the venv only (no apt data step), so they run anywhere `make install` would.
+lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-format: install
+format: $(VENV)/.installed
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 

@@ -225,6 +225,7 @@ class SurrogateMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, tau: float, surrogate: str = "biased") -> Tensor:
+        """x ⊙ 1[|x| >= τ]; saves x and the mask for :meth:`backward`."""
         if surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
         mask = x.abs() >= tau
@@ -235,6 +236,7 @@ class SurrogateMask(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, None, None]:
+        """∂L/∂x̃ ⊙ m, times 1 + 2τ|x|/(|x| + τ)² for the biased surrogate (METHODS.md B4)."""
         (grad,) = grad_outputs
         x, mask = ctx.saved_tensors
         grad_x = grad * mask

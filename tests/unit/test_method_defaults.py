@@ -136,7 +136,7 @@ def test_device_classes_come_from_the_class_table():
     from fedhet.plan import CLASS_BUDGETS, DEVICE_CLASSES, fleet_class
     from fedhet.profile import parse_node_config
 
-    assert DEVICE_CLASSES == (*CLASS_BUDGETS, "custom")
+    assert (*CLASS_BUDGETS, "custom") == DEVICE_CLASSES
     for name in DEVICE_CLASSES:
         assert parse_node_config({"device-class": name}).device_class == name
     with pytest.raises(ConfigError, match="use one of " + ", ".join(DEVICE_CLASSES)):

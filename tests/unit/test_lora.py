@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
 from fedhet.core.lora import (
-    build_lora_model,
     count_trainable,
     evaluate_adapter,
     flatten_lora,
@@ -23,7 +22,7 @@ from fedhet.core.lora import (
     set_adapter_state,
     train_adapter,
 )
-from fedhet.models.text import tiny_bert_config
+from fedhet.models.text import build_lora_model, tiny_bert_config
 
 VOCAB = 64
 

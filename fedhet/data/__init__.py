@@ -1,6 +1,7 @@
 """fedhet's data layer: offline image datasets, partitioners and a device's own data.
 
-Text tasks live in :mod:`fedhet.data.text` (imported on demand, not from here).
+Text tasks live in :mod:`fedhet.data.text` and a device's tokenised task slots in
+:mod:`fedhet.data.text_slots` (imported on demand, not from here).
 """
 
 from fedhet.data.base import DatasetUnavailable, TensorData

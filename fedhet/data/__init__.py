@@ -2,7 +2,8 @@
 
 Dataset and partitioner names live in :mod:`fedhet.data.catalog` (no torch import), so the run
 config can check them cheaply; the loaders below are imported on first use (PEP 562), so
-``import fedhet.data.catalog`` does not pull in torch. Text tasks live in :mod:`fedhet.data.text`.
+``import fedhet.data.catalog`` does not pull in torch. Text tasks live in :mod:`fedhet.data.text` and a device's
+tokenised task slots in :mod:`fedhet.data.text_slots` (imported on demand, not from here).
 The partitioner dispatcher is ``fedhet.data.partition.partition`` (the submodule's name shadows it
 here).
 """

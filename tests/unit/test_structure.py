@@ -37,11 +37,6 @@ KNOWN_VIOLATIONS: set[Violation] = {
     # its server-side evaluation onto fedhet.core.training.
     ("size", "fedhet.server.strategy", ""),
     ("server->client", "fedhet.server.strategy", "fedhet.client.training"),
-    # Text methods (helper A2): text data/LoRA building move out of fedhet/client/text.py.
-    ("client->server", "fedhet.methods.fltac.client", "fedhet.methods.fltac.strategy"),
-    ("client->server", "fedhet.methods.fedit.client", "fedhet.methods.fedit.strategy"),
-    ("server->client", "fedhet.methods.fltac.strategy", "fedhet.client.text"),
-    ("server->client", "fedhet.methods.fedit.strategy", "fedhet.client.text"),
 }
 
 

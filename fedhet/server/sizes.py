@@ -8,7 +8,7 @@ comparison trains the same parameter budget per device and is scored alike.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from fedhet.config import KebabModel, RunConfig
 from fedhet.core.masks import equal_group_size, parse_size_ladder, size_from_ladder
-from fedhet.plan import Budget
+from fedhet.plan import Budget, SizeKnobs, SizeSource
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
 from fedhet.server.strategy import FedhetStrategy
@@ -77,11 +77,13 @@ class SizedStrategy(FedhetStrategy):
     local-test accuracy), METHODS.md §7.2 step 7.
     """
 
+    knobs_model: ClassVar[type[SizeKnobs]] = SizeKnobs
+
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         super().__init__(cfg, run_dir)
         self.size_cfg: SizeLadderConfig = cfg.method_as(SizeLadderConfig)
 
-    def device_size(self, profile: DeviceProfile, budget: Budget) -> tuple[float, str]:
+    def device_size(self, profile: DeviceProfile, budget: Budget) -> tuple[float, SizeSource]:
         """``(γ, source)`` of a device (METHODS.md §2; see :class:`SizeLadderConfig`)."""
         ladder = self.size_cfg.sizes
         if self.size_cfg.gamma > 0:
@@ -95,11 +97,10 @@ class SizedStrategy(FedhetStrategy):
             return group, "equal-groups"
         return size_from_ladder(ladder, budget.scalar), "budget"
 
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, SizeKnobs, str]:
+        """Every device participates with size γ of :meth:`device_size`."""
         gamma, source = self.device_size(profile, budget)
-        return True, {"gamma": gamma, "size-source": source}, ""
+        return True, self.knobs_model(gamma=gamma, size_source=source), ""
 
     def evaluation_sizes(self) -> tuple[float, ...]:
         """Sizes scored on the global test set (default: the ladder)."""

@@ -62,7 +62,8 @@ def run_grid(
 
     grid.corrupt = capture
     strategy = get_method(raw["method"]).strategy_cls(cfg, None)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     return strategy, grid, history, replies
 
 

@@ -156,7 +156,8 @@ def test_device_with_zero_examples_of_a_task_sends_no_adapter_for_it(tmp_path) -
     strategy, grid = make(
         "fltac", tmp_path, num_nodes=2, node_extra={"tasks": declared}, num_server_rounds=1
     )
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     uploaded = set(strategy.round_labels)
     assert uploaded, "nothing was uploaded"
     assert all(s in (0, 2) for _, s in uploaded)
@@ -212,7 +213,9 @@ def test_scale_slots_rotates_through_every_slot() -> None:
 def test_fltac_uploads_fewer_values_than_fedit(tmp_path) -> None:
     tac, grid = make("fltac", tmp_path, num_nodes=3, num_server_rounds=1)
     fit, grid2 = make("fedit", tmp_path, num_nodes=3, num_server_rounds=1)
-    h_tac, h_fit = tac.start(grid)[0], fit.start(grid2)[0]
+    tac.start(grid)
+    fit.start(grid2)
+    h_tac, h_fit = tac.history[0], fit.history[0]
     assert h_tac["lora-params-per-slot"] == 2 * 2 * (64 + 64) * 1  # L·2·(h+h)·r, METHODS.md B8
     assert h_fit["lora-params"] == 2 * 2 * (64 + 64) * 16
     assert h_tac["uploaded-params"] < h_fit["uploaded-params"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,7 +38,8 @@ from fedhet.core.costs import (
 )
 from fedhet.core.quant import window_state_keys
 from fedhet.core.seeding import rng
-from fedhet.methods.cocofl.config import CoCoFLConfig
+from fedhet.methods.cocofl.config import CoCoFLConfig, step_lr
+from fedhet.methods.cocofl.plan import CoCoFLKnobs
 from fedhet.plan import Budget
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
@@ -108,14 +110,22 @@ def cost_table_source(model_name: str, batch_size: int, cfg: CoCoFLConfig) -> st
 
 
 def window_options(
-    table: list[WindowCost], budget: Budget, upload_budget: float, cfg: CoCoFLConfig
+    table: list[WindowCost],
+    budget: Budget,
+    upload_budget: float,
+    forced: tuple[int, int] | None = None,
 ) -> list[WindowCost]:
     """Windows a device may train this round (METHODS.md §6.2 step 2).
 
-    The forced window (``cocofl.force-window``) if set, else the maximal windows with time ≤ T,
-    data ≤ D_t and memory ≤ M (B7 ``feasible_windows``); ``[]`` when nothing fits.
+    The ``forced`` window (``cocofl.force-window``, carried in the plan) if set, else the maximal
+    windows with time ≤ T, data ≤ D_t and memory ≤ M (B7 ``feasible_windows``); ``[]`` when
+    nothing fits.
+
+    Raises
+    ------
+    ValueError
+        If ``forced`` is not a window of the table.
     """
-    forced = cfg.forced_window
     if forced is not None:
         rows = [r for r in table if r.window == forced]
         if not rows:
@@ -144,6 +154,17 @@ def choose_window(
     return options[idx]
 
 
+def reported_window(metrics: Mapping[str, Any]) -> tuple[int, int]:
+    """The window a device reports it trained (metrics ``window-start`` / ``window-end``).
+
+    Raises
+    ------
+    KeyError, TypeError, ValueError
+        If either is missing or not an integer.
+    """
+    return int(metrics["window-start"]), int(metrics["window-end"])
+
+
 def window_label(window: tuple[int, int]) -> str:
     """``(2, 3)`` → ``"2-3"``."""
     return f"{window[0]}-{window[1]}"
@@ -156,14 +177,17 @@ class CoCoFLStrategy(FedhetStrategy):
     list its maximal windows at D_min and D_max for the log. Per round the device chooses its
     window; the server recomputes the options for (T, D_t, M) and checks the reply against them.
 
-    Per node in ``metrics.jsonl``: ``plan-window-start``/``-end``, ``plan-time``, ``plan-data``,
+    Per node in ``metrics.jsonl``, written by the server once it has checked the reply:
+    ``plan-window-start``/``-end`` (the window the device chose), ``plan-time``, ``plan-data``,
     ``plan-memory`` (the table's predicted fractions), ``plan-upload-budget`` (D_t),
-    ``plan-options``, ``plan-lr`` and ``measured-train-seconds``, ``measured-upload-bytes``,
-    ``measured-peak-mem-bytes``, ``measured-data`` from the device. Per round:
+    ``plan-options``, ``plan-lr``; from the device only its choice (``window-start``/``-end``)
+    and measurements: ``measured-train-seconds``, ``measured-upload-bytes``,
+    ``measured-peak-mem-bytes``, ``measured-data``. Per round:
     ``cocofl-unit-trainers`` (how many devices trained each unit).
     """
 
     name: ClassVar[str] = "cocofl"
+    knobs_model = CoCoFLKnobs
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         super().__init__(cfg, run_dir)
@@ -180,15 +204,17 @@ class CoCoFLStrategy(FedhetStrategy):
         }
 
     # plan -------------------------------------------------------------------------------------
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
-        at_min = window_options(self.table, budget, budget.upload_min, self.ccfg)
-        at_max = window_options(self.table, budget, budget.upload_max, self.ccfg)
-        knobs = {
-            "windows-at-upload-min": [window_label(r.window) for r in at_min],
-            "windows-at-upload-max": [window_label(r.window) for r in at_max],
-        }
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, CoCoFLKnobs, str]:
+        """The window-choice inputs; a device participates when some window fits (T, D_max, M)."""
+        forced = self.ccfg.forced_window
+        at_min = window_options(self.table, budget, budget.upload_min, forced)
+        at_max = window_options(self.table, budget, budget.upload_max, forced)
+        knobs = CoCoFLKnobs(
+            choice=self.ccfg.choice,
+            force_window=forced,
+            windows_at_upload_min=[window_label(r.window) for r in at_min],
+            windows_at_upload_max=[window_label(r.window) for r in at_max],
+        )
         if not at_max:
             return (
                 False,
@@ -203,8 +229,9 @@ class CoCoFLStrategy(FedhetStrategy):
     def round_options(self, node: Node, server_round: int) -> tuple[float, list[WindowCost]]:
         """``(D_t, allowed windows)`` of ``node`` in ``server_round``, as the device computes them."""
         budget = node.plan.budget
+        forced = node.plan.knobs_as(CoCoFLKnobs).force_window
         upload = budget.upload_draw(self.shared.seed, node.device_id, server_round)
-        return upload, window_options(self.table, budget, upload, self.ccfg)
+        return upload, window_options(self.table, budget, upload, forced)
 
     # replies ----------------------------------------------------------------------------------
     def validate_reply(
@@ -218,9 +245,9 @@ class CoCoFLStrategy(FedhetStrategy):
         model's bytes (§6.3; not checked for a forced window).
         """
         try:
-            window = (int(metrics["plan-window-start"]), int(metrics["plan-window-end"]))
+            window = reported_window(metrics)
         except (KeyError, TypeError, ValueError):
-            raise ReplyError("reply does not report its window (plan-window-start/end)") from None
+            raise ReplyError("reply does not report its window (window-start/end)") from None
         upload, options = self.round_options(node, server_round)
         allowed = {r.window for r in options}
         if window not in allowed:
@@ -238,6 +265,25 @@ class CoCoFLStrategy(FedhetStrategy):
                 f"upload of {sent} B exceeds D_t × full model = {upload * self.full_bytes:.0f} B"
             )
         row = next(r for r in options if r.window == window)
+        lr = step_lr(
+            self.shared.lr,
+            server_round,
+            self.shared.num_server_rounds,
+            self.ccfg.milestones,
+            self.ccfg.lr_decay,
+        )
+        self.current.node(node).update(
+            {
+                "plan-window-start": window[0],
+                "plan-window-end": window[1],
+                "plan-time": row.time,
+                "plan-data": row.data,
+                "plan-memory": row.memory,
+                "plan-upload-budget": upload,
+                "plan-options": len(options),
+                "plan-lr": lr,
+            }
+        )
         log.info(
             "round %d: device %s (%s) window %s, D_t=%.3f | predicted time %.3f data %.3f "
             "memory %.3f | measured %.3f s, %d B up (%.3f), %d B peak",
@@ -268,7 +314,7 @@ class CoCoFLStrategy(FedhetStrategy):
             tensors, _ = decode_payload(reply.arrays, self.shapes)
             weight = float(reply.num_examples) if self.ccfg.weighted else 1.0
             contribs.append(Contribution(tensors, weight))
-            a, b = int(reply.metrics["plan-window-start"]), int(reply.metrics["plan-window-end"])
+            a, b = reported_window(reply.metrics)
             for u in range(a, b + 1):
                 trainers[u] += 1
         if not contribs or sum(c.weight for c in contribs) <= 0:

@@ -19,8 +19,10 @@ import torch
 from flwr.app import Message, MetricRecord
 
 from fedhet.config import ConfigError
+from fedhet.core.aggregate import Contribution, weighted_mean
 from fedhet.core.lora import lora_keys
 from fedhet.methods.fedit.config import FedITConfig
+from fedhet.methods.fedit.plan import FedITKnobs
 from fedhet.server.strategy import FedhetStrategy, Node, Reply
 from fedhet.server.validate import ArraySpec, ReplyError, spec_of, validate_arrays
 
@@ -35,18 +37,11 @@ def head_task(key: str) -> tuple[str, str] | None:
     return (match.group("task"), match.group("param")) if match else None
 
 
-def weighted_average(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Σ w_i x_i / Σ w_i (equal weights when all are 0)."""
-    w = np.asarray(weights, dtype=np.float64)
-    if w.sum() <= 0:
-        w = np.ones_like(w)
-    return np.tensordot(w / w.sum(), np.stack(arrays), axes=1).astype(arrays[0].dtype)
-
-
 class FedITStrategy(FedhetStrategy):
     """FedIT (arXiv 2305.05644): one shared adapter, FedAvg; per-task-name heads."""
 
     name: ClassVar[str] = "fedit"
+    knobs_model = FedITKnobs
 
     mcfg: FedITConfig
 
@@ -119,23 +114,28 @@ class FedITStrategy(FedhetStrategy):
 
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
         """Sample-weighted mean of the adapter; per task name, example-weighted mean of heads."""
-        for key in self.lora_spec:
-            self.global_arrays[key] = weighted_average(
-                [r.arrays[key] for r in replies], [float(r.num_examples) for r in replies]
-            )
+        adapters = [
+            Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0
+        ]
+        if adapters:
+            base = {k: self.global_arrays[k] for k in self.lora_spec}
+            self.global_arrays.update(weighted_mean(adapters, base))
         per_task: dict[str, list[tuple[dict[str, np.ndarray], float]]] = {}
         for r in replies:
             tasks = sorted({p[0] for k in r.arrays if (p := head_task(k))})
             for task, n in zip(tasks, r.metrics["task-examples"], strict=True):
                 head = {p: r.arrays[f"{self.head_prefix}{task}.{p}"] for p in self.head_spec}
-                per_task.setdefault(task, []).append((head, float(n)))
+                if float(n) > 0:  # a head trained on no example carries no weight
+                    per_task.setdefault(task, []).append((head, float(n)))
         for task, heads in per_task.items():
             if task not in self.task_names:
                 self.task_names.append(task)
-            for param in self.head_spec:
-                self.global_arrays[f"{self.head_prefix}{task}.{param}"] = weighted_average(
-                    [h[param] for h, _ in heads], [n for _, n in heads]
-                )
+            mean = weighted_mean(
+                [Contribution(h, n) for h, n in heads],
+                {p: np.zeros(shape, dtype=dtype) for p, (shape, dtype) in self.head_spec.items()},
+            )
+            for param, value in mean.items():
+                self.global_arrays[f"{self.head_prefix}{task}.{param}"] = value
         self.current.extras.update(
             {
                 "trainable-params-per-device": self.lora_params

@@ -25,10 +25,12 @@ import torch
 from flwr.app import Message, MetricRecord
 
 from fedhet.config import ConfigError
+from fedhet.core.aggregate import Contribution, weighted_mean
 from fedhet.core.cluster import cluster_purity, kmeans_labels, nearest_centroid
 from fedhet.core.lora import count_trainable, flatten_lora, head_keys, lora_keys
 from fedhet.core.seeding import derive_seed
 from fedhet.methods.fltac.config import FltacConfig
+from fedhet.methods.fltac.plan import FltacKnobs
 from fedhet.plan import Budget
 from fedhet.profile import DeviceProfile
 from fedhet.server.strategy import FedhetStrategy, Node, Reply
@@ -97,22 +99,12 @@ def cluster_slot_states(
         return np.zeros(0, dtype=np.int64), []
     rows = np.stack([lora_row(s) for s in states])
     labels, _ = kmeans_labels(rows, k, seed, normalise=normalise)
-    w = np.ones(len(states)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = [1.0] * len(states) if weights is None else [float(x) for x in weights]
     means: list[SlotState] = []
     for c in range(int(labels.max()) + 1):
         members = [int(i) for i in np.flatnonzero(labels == c)]
-        wc = w[members]
-        if wc.sum() <= 0:
-            wc = np.ones_like(wc)
-        wc = wc / wc.sum()
-        means.append(
-            {
-                key: np.tensordot(wc, np.stack([states[i][key] for i in members]), axes=1).astype(
-                    states[members[0]][key].dtype
-                )
-                for key in states[members[0]]
-            }
-        )
+        contribs = [Contribution(states[i], w[i]) for i in members]
+        means.append(weighted_mean(contribs, states[members[0]]))
     return labels, means
 
 
@@ -132,6 +124,7 @@ class FltacStrategy(FedhetStrategy):
     """
 
     name: ClassVar[str] = "fltac"
+    knobs_model = FltacKnobs
     personalised: ClassVar[bool] = True
 
     mcfg: FltacConfig
@@ -178,9 +171,7 @@ class FltacStrategy(FedhetStrategy):
         self.eval_slot_tasks: dict[tuple[str, int], int] = {}
         return {f"cluster{c}/{k}": v.copy() for c in range(self.k) for k, v in self.v0.items()}
 
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, FltacKnobs, str]:
         """τ_i and the share of slots per round from the time budget T (METHODS.md §2).
 
         Rank is fleet-wide (K-means needs equal shapes). ``fltac.scale-steps``:
@@ -190,7 +181,7 @@ class FltacStrategy(FedhetStrategy):
         mcfg: FltacConfig = self.mcfg  # type: ignore[assignment]
         steps = max(1, round(mcfg.steps * budget.time)) if mcfg.scale_steps else mcfg.steps
         share = float(budget.time) if mcfg.scale_slots else 1.0
-        return True, {"steps": steps, "slot-share": share, "rank": mcfg.rank}, ""
+        return True, FltacKnobs(steps=steps, slot_share=share, rank=mcfg.rank), ""
 
     def summary(self) -> None:
         super().summary()
@@ -228,12 +219,12 @@ class FltacStrategy(FedhetStrategy):
     def train_payload(
         self, node: Node, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The device's slots (or v⁰ as ``init/`` before its slot count is known), τ_i, lr."""
-        knobs = node.plan.knobs
+        """The device's slots (or v⁰ as ``init/`` before its slot count is known), lr, slot count.
+
+        τ_i and the slot share travel in the plan (:class:`~fedhet.methods.fltac.plan.FltacKnobs`).
+        """
         mcfg: FltacConfig = self.mcfg  # type: ignore[assignment]
         extra = {
-            "steps": int(knobs.get("steps", mcfg.steps)),
-            "slot-share": float(knobs.get("slot-share", 1.0)),
             "lr": float(mcfg.lr),
             "num-slots": len(self._known_slots(node)),
         }
@@ -277,6 +268,9 @@ class FltacStrategy(FedhetStrategy):
                 )
             if not all(np.isfinite(float(v)) and float(v) >= 0 for v in values):
                 raise ReplyError(f"metric {key!r} has negative or non-finite values")
+        if any(float(n) <= 0 for n in metrics["slot-examples"]):
+            # a slot without examples cannot have trained; its weight would be zero
+            raise ReplyError("metric 'slot-examples' has a slot with no examples")
 
     # ------------------------------------------------------------------------------------------
     # aggregation

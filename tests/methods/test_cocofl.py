@@ -156,7 +156,7 @@ def test_plan_excludes_a_device_no_window_fits() -> None:
     ok, knobs, _ = strategy.plan_knobs(
         profile, Budget(time=1, memory=1, upload_min=1, upload_max=1)
     )
-    assert ok and knobs["windows-at-upload-max"] == ["0-5"]
+    assert ok and knobs.windows_at_upload_max == ["0-5"]
     ok, _, reason = strategy.plan_knobs(
         profile, Budget(time=0.01, memory=1, upload_min=1, upload_max=1)
     )

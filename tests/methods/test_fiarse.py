@@ -26,6 +26,7 @@ from fedhet.core.masks import (
     submodel_mask_spec,
 )
 from fedhet.methods import get_method
+from fedhet.methods.fiarse.plan import FiarseKnobs
 from fedhet.methods.fiarse.strategy import THRESHOLDS_KEY, FiarseStrategy
 from fedhet.models import build_model
 from fedhet.plan import Budget, NodePlan
@@ -253,11 +254,11 @@ def test_smallest_device_reply_is_about_one_64th_of_dense(fiarse_run: Any) -> No
         r
         for r in replies
         if r.metadata.reply_to_message_id in train_msgs
-        and float(
-            train_msgs[r.metadata.reply_to_message_id].content.config_records["config"][
-                "fiarse-gamma"
-            ]
+        and NodePlan.from_json(
+            str(train_msgs[r.metadata.reply_to_message_id].content.config_records["config"]["plan"])
         )
+        .knobs_as(FiarseKnobs)
+        .gamma
         == 1 / 64
     ]
     assert len(small) == 2

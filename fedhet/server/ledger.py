@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.serverapp.strategy import Result
 
 from fedhet.core.codec import as_contiguous
@@ -145,8 +146,8 @@ def round_record(
     method: str,
     run_name: str,
     totals: Mapping[str, int],
-    train: Mapping[str, Any],
-    evaluation: Mapping[str, Any],
+    train: Mapping[str, MetricRecordValues],
+    evaluation: Mapping[str, MetricRecordValues],
     server: Mapping[str, float],
 ) -> RoundRecord:
     """The ``metrics.jsonl`` line of a finished round.
@@ -159,7 +160,7 @@ def round_record(
         Registry name of the method and the run's name.
     totals : Mapping[str, int]
         Cumulative ``bytes-down`` / ``bytes-up`` of the run so far.
-    train, evaluation : Mapping[str, Any]
+    train, evaluation : Mapping[str, MetricRecordValues]
         Aggregated train metrics (``train-loss``) and federated evaluation metrics
         (``eval-accuracy``, ``eval-loss``); empty when there were none.
     server : Mapping[str, float]
@@ -212,7 +213,7 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def _metric_value(v: object) -> bool:
+def _metric_value(v: object) -> TypeGuard[MetricRecordValues]:
     """True for the values a MetricRecord holds: int, float, or a list of one of them."""
     if isinstance(v, bool):
         return False
@@ -253,9 +254,9 @@ def result_of(records: Sequence[RoundRecord], arrays: Mapping[str, np.ndarray]) 
     result = Result(arrays=to_array_record(arrays))
     for rec in records:
         rnd = int(rec["round"])
-        train: dict[str, Any] = {}
-        client_eval: dict[str, Any] = {}
-        server_eval: dict[str, Any] = {}
+        train: dict[str, MetricRecordValues] = {}
+        client_eval: dict[str, MetricRecordValues] = {}
+        server_eval: dict[str, MetricRecordValues] = {}
         for key, value in rec.items():
             if key == "round" or not _metric_value(value):
                 continue

@@ -139,6 +139,7 @@ class SizedStrategy(FedhetStrategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Evaluate messages only in rounds that :meth:`evaluates`."""
         if not self.evaluates(server_round):
             return []
         return super().configure_evaluate(server_round, arrays, config, grid)

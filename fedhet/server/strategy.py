@@ -26,19 +26,17 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedhet.config import RunConfig
-from fedhet.core.aggregate import Contribution, weighted_mean
-from fedhet.core.seeding import derive_seed
-from fedhet.plan import Budget, FleetReference, Knobs, NodePlan, budget_for, plan_knobs_of
+from fedhet.data.base import TensorData
+from fedhet.plan import NodePlan, budget_for, plan_knobs_of
 from fedhet.profile import DeviceProfile
 from fedhet.server.checkpoint import checkpoint_state, resume_point
-from fedhet.server.evaluation import GlobalTest, global_model_metrics, pool_eval_replies
+from fedhet.server.evaluation import GlobalTest, pool_eval_replies
+from fedhet.server.hooks import Arrays, ConfigValues, MethodHooks
 from fedhet.server.ledger import (
     RoundLog,
     RoundRecord,
@@ -61,11 +59,6 @@ from fedhet.server.registration import (
 )
 from fedhet.server.replies import Reply, collect_train_replies
 from fedhet.server.run_dir import RunDir
-from fedhet.server.validate import (
-    ArraySpec,
-    spec_of,
-    validate_arrays,
-)
 
 __all__ = [
     "QUERY_PROFILE",
@@ -81,13 +74,8 @@ __all__ = [
 
 log = logging.getLogger("fedhet")
 
-#: Named arrays, as the hooks exchange them.
-Arrays = dict[str, np.ndarray]
-#: Extra config entries of a message (ConfigRecord values).
-ConfigValues = dict[str, Any]
 
-
-class FedhetStrategy(Strategy):
+class FedhetStrategy(MethodHooks, Strategy):
     """Base class of fedhet methods. Subclasses set :attr:`name` and override the hooks.
 
     Parameters
@@ -98,12 +86,8 @@ class FedhetStrategy(Strategy):
         Output folder; ``None`` keeps everything in memory (tests).
     """
 
-    #: Registry name; set by subclasses.
-    name: ClassVar[str] = "base"
     #: The global model is personalised per device (evaluation uses per-device state).
     personalised: ClassVar[bool] = False
-    #: The method's per-node knobs (its folder's ``plan.py``); :meth:`plan_knobs` returns one.
-    knobs_model: ClassVar[type[Knobs]] = Knobs
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         self.cfg = cfg
@@ -128,104 +112,6 @@ class FedhetStrategy(Strategy):
     def rejected(self) -> dict[int, str]:
         """Node ids whose profile was rejected, with the reason."""
         return self.registry.rejected
-
-    # ------------------------------------------------------------------------------------------
-    # Hooks a method overrides
-    # ------------------------------------------------------------------------------------------
-    def initial_arrays(self) -> dict[str, np.ndarray]:
-        """Global arrays at round 0: the run's model, seeded."""
-        from fedhet.models import build_model
-
-        torch.manual_seed(derive_seed(self.shared.seed, "init"))
-        model = build_model(self.shared.model)
-        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-
-    def fleet_reference(self) -> FleetReference:
-        """Full-training costs of the run's model that budgets are fractions of."""
-        n_bytes = int(sum(a.nbytes for a in self.global_arrays.values()))
-        fastest = min(
-            (n.profile.bench_ms for n in self.nodes.values() if n.profile.bench_ms), default=None
-        )
-        # weights + gradients + optimiser-free SGD + activations (rough: 4x weights)
-        return FleetReference(n_bytes, 4 * n_bytes, fastest)
-
-    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, Knobs, str]:
-        """Plan a newly registered device.
-
-        Parameters
-        ----------
-        profile : DeviceProfile
-            What the device reported.
-        budget : Budget
-            Its T, M, [D_min, D_max] (METHODS.md §2).
-
-        Returns
-        -------
-        tuple[bool, Knobs, str]
-            ``(participates, knobs, reason)``; ``knobs`` must be an instance of
-            :attr:`knobs_model`, ``reason`` explains an exclusion.
-        """
-        return True, self.knobs_model(), ""
-
-    def train_payload(self, node: Node, server_round: int) -> tuple[Arrays, ConfigValues]:
-        """Arrays and extra config sent to ``node`` for training (default: the full global model).
-
-        The node's plan travels in every message anyway (config key ``plan``); the extra config
-        carries per-round data only (thresholds, slot counts …), never a copy of a knob.
-        """
-        return self.global_arrays, {}
-
-    def expected_reply(self, node: Node, server_round: int) -> dict[str, ArraySpec]:
-        """Names, shapes and dtypes a train reply of ``node`` must have (default: the global arrays)."""
-        return spec_of(self.global_arrays)
-
-    def validate_reply(
-        self, node: Node, server_round: int, arrays: Arrays, metrics: dict[str, Any]
-    ) -> None:
-        """Check a train reply before it is aggregated.
-
-        Raises
-        ------
-        ReplyError
-            If the reply cannot be used (default: arrays differ from :meth:`expected_reply`).
-        """
-        validate_arrays(arrays, self.expected_reply(node, server_round), required=True)
-
-    def aggregate(self, server_round: int, replies: list[Reply]) -> None:
-        """Update :attr:`global_arrays` from validated replies (default: sample-weighted mean).
-
-        Replies with no training examples carry no weight and are left out; without any
-        weighted reply the global arrays stay as they are.
-        """
-        contribs = [
-            Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0
-        ]
-        if contribs:
-            self.global_arrays = weighted_mean(contribs, self.global_arrays)
-
-    def eval_payload(self, node: Node, server_round: int) -> tuple[Arrays, ConfigValues]:
-        """Arrays and extra config sent to ``node`` for evaluation."""
-        return self.global_arrays, {}
-
-    def server_evaluate(self, server_round: int) -> dict[str, float]:
-        """Server-side metrics on the global test set (default: global model accuracy)."""
-        data = self._global_test()
-        if data is None:
-            return {}
-        return global_model_metrics(self.shared.model, self.global_arrays, data)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Extra strategy state for checkpoints (method state keyed by device-id)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-
-    def summary(self) -> None:
-        """Log the strategy's settings (Flower's abstract ``Strategy.summary``)."""
-        log.info("fedhet method %r (%s)", self.name, type(self).__name__)
-        log.info("  shared: %s", self.shared.model_dump(by_alias=True))
-        log.info("  method: %s", self.mcfg.model_dump(by_alias=True))
 
     # ------------------------------------------------------------------------------------------
     # Registration and plans
@@ -404,7 +290,7 @@ class FedhetStrategy(Strategy):
             server_round,
         )
 
-    def _global_test(self) -> Any:
+    def _global_test(self) -> TensorData | None:
         return self._test.get()
 
     def resume(self, grid: Grid | None = None) -> int:

@@ -141,7 +141,8 @@ def run_segmented(
     history: list[dict[str, Any]] = []
     for last_round, lr in segments:
         grid.run_config["lr"] = lr  # shared by every in-process device's Context
-        history += strategy.start(grid, num_rounds=last_round)
+        strategy.start(grid, num_rounds=last_round)
+        history += strategy.history
     return history, strategy.global_arrays
 
 

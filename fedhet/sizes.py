@@ -16,6 +16,9 @@ from pydantic import Field, field_validator
 
 from fedhet.config import KebabModel
 
+#: Where a device's submodel size came from (logged in its plan).
+SizeSource = Literal["declared", "equal-groups", "budget"]
+
 
 def parse_size_ladder(text: str) -> tuple[float, ...]:
     """Parse a comma-separated list of submodel sizes (``"0.015625,0.0625,0.25,1"``).
@@ -111,7 +114,7 @@ class SizeLadderConfig(KebabModel):
 
     def device_size(
         self, budget_scalar: float, partition_id: int | None, num_partitions: int | None
-    ) -> tuple[float, str]:
+    ) -> tuple[float, SizeSource]:
         """``(γ, source)`` of a device (METHODS.md §2).
 
         The declared ``gamma`` if set; else with ``equal-groups`` and a partition id the size of

@@ -9,14 +9,14 @@ ladder maths live in :mod:`fedhet.sizes` (no Flower), which the methods' configs
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedhet.config import RunConfig
-from fedhet.plan import Budget
+from fedhet.plan import Budget, SizeKnobs, SizeSource
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
 from fedhet.server.strategy import FedhetStrategy
@@ -31,21 +31,22 @@ class SizedStrategy(FedhetStrategy):
     local-test accuracy), METHODS.md §7.2 step 7.
     """
 
+    knobs_model: ClassVar[type[SizeKnobs]] = SizeKnobs
+
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         super().__init__(cfg, run_dir)
         self.size_cfg: SizeLadderConfig = cfg.method_as(SizeLadderConfig)
 
-    def device_size(self, profile: DeviceProfile, budget: Budget) -> tuple[float, str]:
+    def device_size(self, profile: DeviceProfile, budget: Budget) -> tuple[float, SizeSource]:
         """``(γ, source)`` of a device (METHODS.md §2; see :meth:`SizeLadderConfig.device_size`)."""
         return self.size_cfg.device_size(
             budget.scalar, profile.partition_id, profile.num_partitions
         )
 
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, SizeKnobs, str]:
+        """Every device participates with size γ of :meth:`device_size`."""
         gamma, source = self.device_size(profile, budget)
-        return True, {"gamma": gamma, "size-source": source}, ""
+        return True, self.knobs_model(gamma=gamma, size_source=source), ""
 
     def evaluation_sizes(self) -> tuple[float, ...]:
         """Sizes scored on the global test set (default: the ladder)."""
@@ -84,6 +85,7 @@ class SizedStrategy(FedhetStrategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Evaluate messages only in rounds that :meth:`evaluates`."""
         if not self.evaluates(server_round):
             return []
         return super().configure_evaluate(server_round, arrays, config, grid)

@@ -162,7 +162,8 @@ def test_device_with_zero_examples_of_a_task_sends_no_adapter_for_it(tmp_path) -
         num_server_rounds=1,
         **{"fltac.oracle-eval": True},
     )
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     uploaded = set(strategy.round_labels)
     assert uploaded, "nothing was uploaded"
     assert all(s in (0, 2) for _, s in uploaded)
@@ -218,7 +219,9 @@ def test_scale_slots_rotates_through_every_slot() -> None:
 def test_fltac_uploads_fewer_values_than_fedit(tmp_path) -> None:
     tac, grid = make("fltac", tmp_path, num_nodes=3, num_server_rounds=1)
     fit, grid2 = make("fedit", tmp_path, num_nodes=3, num_server_rounds=1)
-    h_tac, h_fit = tac.start(grid)[0], fit.start(grid2)[0]
+    tac.start(grid)
+    fit.start(grid2)
+    h_tac, h_fit = tac.history[0], fit.history[0]
     assert h_tac["lora-params-per-slot"] == 2 * 2 * (64 + 64) * 1  # L·2·(h+h)·r, METHODS.md B8
     assert h_fit["lora-params"] == 2 * 2 * (64 + 64) * 16
     assert h_tac["uploaded-params"] < h_fit["uploaded-params"]
@@ -254,7 +257,8 @@ def _with_metrics(reply: Message, update) -> Message:
 def test_without_oracle_eval_no_task_tag_travels_and_no_task_map_is_kept(tmp_path) -> None:
     strategy, grid = make("fltac", tmp_path, num_nodes=3)
     replies = _capture_eval_metrics(grid)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     assert replies and all(SLOT_TASK not in m for m in replies)
     assert all("eval-slot-index" in m for m in replies)  # per-slot results, task-free
     lines = (tmp_path / "t-fltac" / "metrics.jsonl").read_text()
@@ -281,7 +285,8 @@ def test_task_tags_a_node_may_not_send_are_never_read_nor_logged(tmp_path) -> No
         return _with_metrics(reply, lambda m: m.update({SLOT_TASK: [task_tag("trec")] * n}))
 
     replies = _capture_eval_metrics(grid, plant)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     assert replies and all(SLOT_TASK in m for m in replies)  # the tags were on the wire ...
     assert "cluster-purity" not in history[0] and "task-accuracy" not in history[0]
     assert all(SLOT_TASK not in node for node in history[0]["nodes"])  # ... but never logged
@@ -299,7 +304,8 @@ def test_oracle_eval_is_simulation_only(tmp_path) -> None:
             "cache-dir": str(tmp_path / "nodes"),
         }
     replies = _capture_eval_metrics(grid)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     assert replies and all(SLOT_TASK not in m for m in replies)
     assert history[0]["num-trained"] == 2
     assert "cluster-purity" not in history[0] and "task-accuracy" not in history[0]
@@ -338,7 +344,9 @@ def test_scrambled_task_tags_leave_clustering_and_slot_states_bit_identical(tmp_
 
     a, grid_a, labels_a, stored_a = _run_recording(tmp_path / "a")
     b, grid_b, labels_b, stored_b = _run_recording(tmp_path / "b", scramble)
-    hist_a, hist_b = a.start(grid_a), b.start(grid_b)
+    a.start(grid_a)
+    b.start(grid_b)
+    hist_a, hist_b = a.history, b.history
     # the scramble took effect: the evaluator saw other tasks ...
     assert set(hist_a[-1]["task-accuracy"]) <= set(SYNTHETIC_TASKS)
     assert not set(hist_b[-1]["task-accuracy"]) & set(SYNTHETIC_TASKS)

@@ -33,10 +33,6 @@ Violation = tuple[str, str, str]  # (rule, importing module, imported module or 
 KNOWN_VIOLATIONS: set[Violation] = {
     # fedhet/deploy.py (1,600 lines) becomes the fedhet/deploy/ package (helper B).
     ("size", "fedhet.deploy", ""),
-    # fedhet/server/strategy.py (744 lines) is split into modules by helper A1, which also moves
-    # its server-side evaluation onto fedhet.core.training.
-    ("size", "fedhet.server.strategy", ""),
-    ("server->client", "fedhet.server.strategy", "fedhet.client.training"),
 }
 
 

@@ -28,9 +28,11 @@ from fedhet.core.aggregate import Contribution, masked_mean
 from fedhet.core.codec import decode_payload, payload_bytes
 from fedhet.core.costs import WindowCost
 from fedhet.core.quant import window_state_keys
-from fedhet.methods.cocofl.config import CoCoFLConfig
+from fedhet.methods.cocofl.config import CoCoFLConfig, step_lr
+from fedhet.methods.cocofl.plan import CoCoFLKnobs
 from fedhet.methods.cocofl.windows import (
     cost_table_source,
+    reported_window,
     window_cost_table,
     window_label,
     window_options,
@@ -54,14 +56,17 @@ class CoCoFLStrategy(FedhetStrategy):
     list its maximal windows at D_min and D_max for the log. Per round the device chooses its
     window; the server recomputes the options for (T, D_t, M) and checks the reply against them.
 
-    Per node in ``metrics.jsonl``: ``plan-window-start``/``-end``, ``plan-time``, ``plan-data``,
+    Per node in ``metrics.jsonl``, written by the server once it has checked the reply:
+    ``plan-window-start``/``-end`` (the window the device chose), ``plan-time``, ``plan-data``,
     ``plan-memory`` (the table's predicted fractions), ``plan-upload-budget`` (D_t),
-    ``plan-options``, ``plan-lr`` and ``measured-train-seconds``, ``measured-upload-bytes``,
-    ``measured-peak-mem-bytes``, ``measured-data`` from the device. Per round:
+    ``plan-options``, ``plan-lr``; from the device only its choice (``window-start``/``-end``)
+    and measurements: ``measured-train-seconds``, ``measured-upload-bytes``,
+    ``measured-peak-mem-bytes``, ``measured-data``. Per round:
     ``cocofl-unit-trainers`` (how many devices trained each unit).
     """
 
     name: ClassVar[str] = "cocofl"
+    knobs_model = CoCoFLKnobs
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         super().__init__(cfg, run_dir)
@@ -78,15 +83,17 @@ class CoCoFLStrategy(FedhetStrategy):
         }
 
     # plan -------------------------------------------------------------------------------------
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
-        at_min = window_options(self.table, budget, budget.upload_min, self.ccfg)
-        at_max = window_options(self.table, budget, budget.upload_max, self.ccfg)
-        knobs = {
-            "windows-at-upload-min": [window_label(r.window) for r in at_min],
-            "windows-at-upload-max": [window_label(r.window) for r in at_max],
-        }
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, CoCoFLKnobs, str]:
+        """The window-choice inputs; a device participates when some window fits (T, D_max, M)."""
+        forced = self.ccfg.forced_window
+        at_min = window_options(self.table, budget, budget.upload_min, forced)
+        at_max = window_options(self.table, budget, budget.upload_max, forced)
+        knobs = CoCoFLKnobs(
+            choice=self.ccfg.choice,
+            force_window=forced,
+            windows_at_upload_min=[window_label(r.window) for r in at_min],
+            windows_at_upload_max=[window_label(r.window) for r in at_max],
+        )
         if not at_max:
             return (
                 False,
@@ -101,8 +108,9 @@ class CoCoFLStrategy(FedhetStrategy):
     def round_options(self, node: Node, server_round: int) -> tuple[float, list[WindowCost]]:
         """``(D_t, allowed windows)`` of ``node`` in ``server_round``, as the device computes them."""
         budget = node.plan.budget
+        forced = node.plan.knobs_as(CoCoFLKnobs).force_window
         upload = budget.upload_draw(self.shared.seed, node.device_id, server_round)
-        return upload, window_options(self.table, budget, upload, self.ccfg)
+        return upload, window_options(self.table, budget, upload, forced)
 
     # replies ----------------------------------------------------------------------------------
     def validate_reply(
@@ -116,9 +124,9 @@ class CoCoFLStrategy(FedhetStrategy):
         model's bytes (§6.3; not checked for a forced window).
         """
         try:
-            window = (int(metrics["plan-window-start"]), int(metrics["plan-window-end"]))
+            window = reported_window(metrics)
         except (KeyError, TypeError, ValueError):
-            raise ReplyError("reply does not report its window (plan-window-start/end)") from None
+            raise ReplyError("reply does not report its window (window-start/end)") from None
         upload, options = self.round_options(node, server_round)
         allowed = {r.window for r in options}
         if window not in allowed:
@@ -136,6 +144,25 @@ class CoCoFLStrategy(FedhetStrategy):
                 f"upload of {sent} B exceeds D_t × full model = {upload * self.full_bytes:.0f} B"
             )
         row = next(r for r in options if r.window == window)
+        lr = step_lr(
+            self.shared.lr,
+            server_round,
+            self.shared.num_server_rounds,
+            self.ccfg.milestones,
+            self.ccfg.lr_decay,
+        )
+        self.current.node(node).update(
+            {
+                "plan-window-start": window[0],
+                "plan-window-end": window[1],
+                "plan-time": row.time,
+                "plan-data": row.data,
+                "plan-memory": row.memory,
+                "plan-upload-budget": upload,
+                "plan-options": len(options),
+                "plan-lr": lr,
+            }
+        )
         log.info(
             "round %d: device %s (%s) window %s, D_t=%.3f | predicted time %.3f data %.3f "
             "memory %.3f | measured %.3f s, %d B up (%.3f), %d B peak",
@@ -166,7 +193,7 @@ class CoCoFLStrategy(FedhetStrategy):
             tensors, _ = decode_payload(reply.arrays, self.shapes)
             weight = float(reply.num_examples) if self.ccfg.weighted else 1.0
             contribs.append(Contribution(tensors, weight))
-            a, b = int(reply.metrics["plan-window-start"]), int(reply.metrics["plan-window-end"])
+            a, b = reported_window(reply.metrics)
             for u in range(a, b + 1):
                 trainers[u] += 1
         if not contribs or sum(c.weight for c in contribs) <= 0:

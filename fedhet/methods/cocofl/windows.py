@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fedhet.core.costs import (
     WindowCost,
@@ -84,14 +86,22 @@ def cost_table_source(model_name: str, batch_size: int, cfg: CoCoFLConfig) -> st
 
 
 def window_options(
-    table: list[WindowCost], budget: Budget, upload_budget: float, cfg: CoCoFLConfig
+    table: list[WindowCost],
+    budget: Budget,
+    upload_budget: float,
+    forced: tuple[int, int] | None = None,
 ) -> list[WindowCost]:
     """Windows a device may train this round (METHODS.md §6.2 step 2).
 
-    The forced window (``cocofl.force-window``) if set, else the maximal windows with time ≤ T,
-    data ≤ D_t and memory ≤ M (B7 ``feasible_windows``); ``[]`` when nothing fits.
+    The ``forced`` window (``cocofl.force-window``, carried in the plan) if set, else the maximal
+    windows with time ≤ T, data ≤ D_t and memory ≤ M (B7 ``feasible_windows``); ``[]`` when
+    nothing fits.
+
+    Raises
+    ------
+    ValueError
+        If ``forced`` is not a window of the table.
     """
-    forced = cfg.forced_window
     if forced is not None:
         rows = [r for r in table if r.window == forced]
         if not rows:
@@ -118,6 +128,17 @@ def choose_window(
         return options[(server_round - 1) % len(options)]
     idx = int(rng(seed, device_id, server_round, "cocofl-window").integers(len(options)))
     return options[idx]
+
+
+def reported_window(metrics: Mapping[str, Any]) -> tuple[int, int]:
+    """The window a device reports it trained (metrics ``window-start`` / ``window-end``).
+
+    Raises
+    ------
+    KeyError, TypeError, ValueError
+        If either is missing or not an integer.
+    """
+    return int(metrics["window-start"]), int(metrics["window-end"])
 
 
 def window_label(window: tuple[int, int]) -> str:

@@ -104,7 +104,6 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         "train-loss": loss_sum / seen if seen else 0.0,
         "train-seconds": time.perf_counter() - start,
         TASK_EXAMPLES: [s.num_train for s in slots],  # sorted by task name, as the heads
-        "plan-steps": mcfg.steps * len(slots),
     }
     return reply_content(arrays, metrics)
 

@@ -25,6 +25,7 @@ from fedhet.config import ConfigError
 from fedhet.core.aggregate import Contribution, weighted_mean
 from fedhet.core.lora import lora_keys
 from fedhet.methods.fedit.config import FedITConfig
+from fedhet.methods.fedit.plan import FedITKnobs
 from fedhet.methods.fedit.wire import TASK_EXAMPLES, head_task, head_tasks
 from fedhet.server.adapters import AdapterStrategy
 from fedhet.server.strategy import Node, Reply
@@ -50,6 +51,7 @@ class FedITStrategy(AdapterStrategy):
     """FedIT (arXiv 2305.05644): one shared adapter, FedAvg; per-task-name heads."""
 
     name: ClassVar[str] = "fedit"
+    knobs_model = FedITKnobs
 
     mcfg: FedITConfig
 
@@ -120,7 +122,8 @@ class FedITStrategy(AdapterStrategy):
             tasks = head_tasks(r.arrays)
             for task, n in zip(tasks, r.metrics[TASK_EXAMPLES], strict=True):
                 head = {p: r.arrays[f"{self.head_prefix}{task}.{p}"] for p in self.head_spec}
-                per_task.setdefault(task, []).append((head, float(n)))
+                if float(n) > 0:  # a head trained on no example carries no weight
+                    per_task.setdefault(task, []).append((head, float(n)))
         for task, heads in per_task.items():
             if task not in self.task_names:
                 self.task_names.append(task)

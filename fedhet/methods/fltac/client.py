@@ -36,6 +36,7 @@ from fedhet.client.runtime import (
     config_of,
     infeasible_reply,
     numpy_to_state,
+    plan_of,
     reply_content,
     state_to_numpy,
 )
@@ -43,6 +44,7 @@ from fedhet.core.lora import get_adapter_state, set_adapter_state, train_adapter
 from fedhet.core.seeding import derive_seed
 from fedhet.data.text_slots import TextSlot, sample_batches
 from fedhet.methods.fltac.config import FltacConfig
+from fedhet.methods.fltac.plan import FltacKnobs
 from fedhet.methods.fltac.wire import slot_key, split_init_arrays, split_slot_arrays
 
 log = logging.getLogger("fedhet.fltac")
@@ -107,9 +109,10 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         return infeasible_reply("this device holds no text data")
     model = _model(ctx, mcfg, slots)
     states = _received_states(msg, model, slots)
-    steps = int(cfg.get("steps", mcfg.steps))
+    _, knobs = plan_of(msg, FltacKnobs)
+    steps = knobs.steps
     lr = float(cfg.get("lr", mcfg.lr))
-    chosen = slots_this_round(slots, float(cfg.get("slot-share", 1.0)), server_round)
+    chosen = slots_this_round(slots, knobs.slot_share, server_round)
     start = time.perf_counter()
     arrays: dict[str, np.ndarray] = {}
     losses: list[float] = []
@@ -137,8 +140,6 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         "train-seconds": time.perf_counter() - start,
         "slot-loss": losses,
         "slot-examples": examples,
-        "plan-steps": steps,
-        "plan-slots": len(chosen),
     }
     return reply_content(arrays, metrics)
 

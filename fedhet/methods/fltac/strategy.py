@@ -32,6 +32,7 @@ from fedhet.core.lora import count_trainable, flatten_lora, head_keys, lora_keys
 from fedhet.core.seeding import derive_seed
 from fedhet.core.task_eval import SLOT_INDEX, SLOT_TASK
 from fedhet.methods.fltac.config import FltacConfig
+from fedhet.methods.fltac.plan import FltacKnobs
 from fedhet.methods.fltac.wire import (
     MAX_SLOTS,
     SlotState,
@@ -88,12 +89,11 @@ def cluster_slot_states(
         return np.zeros(0, dtype=np.int64), []
     rows = np.stack([lora_row(s) for s in states])
     labels, _ = kmeans_labels(rows, k, seed, normalise=normalise)
-    w = np.ones(len(states)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = [1.0] * len(states) if weights is None else [float(x) for x in weights]
     means: list[SlotState] = []
     for c in range(int(labels.max()) + 1):
         members = [int(i) for i in np.flatnonzero(labels == c)]
-        wc = w[members] if w[members].sum() > 0 else np.ones(len(members))
-        contribs = [Contribution(states[i], float(wi)) for i, wi in zip(members, wc, strict=True)]
+        contribs = [Contribution(states[i], w[i]) for i in members]
         means.append(weighted_mean(contribs, states[members[0]]))
     return labels, means
 
@@ -110,6 +110,7 @@ class FltacStrategy(AdapterStrategy):
     """
 
     name: ClassVar[str] = "fltac"
+    knobs_model = FltacKnobs
     personalised: ClassVar[bool] = True
 
     mcfg: FltacConfig
@@ -145,9 +146,7 @@ class FltacStrategy(AdapterStrategy):
         self.eval_slot_tasks: dict[tuple[str, int], int] = {}
         return {f"cluster{c}/{k}": v.copy() for c in range(self.k) for k, v in self.v0.items()}
 
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, FltacKnobs, str]:
         """τ_i and the share of slots per round from the time budget T (METHODS.md §2).
 
         Rank is fleet-wide (K-means needs equal shapes). ``fltac.scale-steps``:
@@ -157,7 +156,7 @@ class FltacStrategy(AdapterStrategy):
         mcfg: FltacConfig = self.mcfg  # type: ignore[assignment]
         steps = max(1, round(mcfg.steps * budget.time)) if mcfg.scale_steps else mcfg.steps
         share = float(budget.time) if mcfg.scale_slots else 1.0
-        return True, {"steps": steps, "slot-share": share, "rank": mcfg.rank}, ""
+        return True, FltacKnobs(steps=steps, slot_share=share, rank=mcfg.rank), ""
 
     def summary(self) -> None:
         """Log the settings, K, C_max and the per-slot parameter counts."""
@@ -197,12 +196,12 @@ class FltacStrategy(AdapterStrategy):
     def train_payload(
         self, node: Node, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The device's slots (or v⁰ as ``init/`` before its slot count is known), τ_i, lr."""
-        knobs = node.plan.knobs
+        """The device's slots (or v⁰ as ``init/`` before its slot count is known), lr, slot count.
+
+        τ_i and the slot share travel in the plan (:class:`~fedhet.methods.fltac.plan.FltacKnobs`).
+        """
         mcfg: FltacConfig = self.mcfg  # type: ignore[assignment]
         extra = {
-            "steps": int(knobs.get("steps", mcfg.steps)),
-            "slot-share": float(knobs.get("slot-share", 1.0)),
             "lr": float(mcfg.lr),
             "num-slots": len(self._known_slots(node)),
         }
@@ -246,6 +245,9 @@ class FltacStrategy(AdapterStrategy):
                 )
             if not all(np.isfinite(float(v)) and float(v) >= 0 for v in values):
                 raise ReplyError(f"metric {key!r} has negative or non-finite values")
+        if any(float(n) <= 0 for n in metrics["slot-examples"]):
+            # a slot without examples cannot have trained; its weight would be zero
+            raise ReplyError("metric 'slot-examples' has a slot with no examples")
 
     # ------------------------------------------------------------------------------------------
     # aggregation

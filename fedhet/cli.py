@@ -205,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedhet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a local simulation with `flwr run .` and summarise it")
-    demo.add_argument("--method", default="fedavg")
+    demo.add_argument(
+        "--method",
+        default="fedavg",
+        help="a registered method (`fedhet methods`); its default dataset and model are used "
+        "unless --config sets them (default %(default)s)",
+    )
     demo.add_argument("--nodes", type=int, default=10)
     demo.add_argument("--rounds", type=int, default=5)
     demo.add_argument("--steps", type=int, default=20, help="local SGD steps per round")

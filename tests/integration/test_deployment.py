@@ -34,6 +34,7 @@ double the run time; evaluation error replies are covered in tests/methods/test_
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,8 @@ def test_outsider_with_only_the_ca_cannot_register_list_or_run(
     assert run_id is None
 
     # The door itself: Fleet API and health pass, Control and Runtime APIs are refused.
-    with httpx.Client(verify=str(fleet.root_certificates), timeout=10.0) as client:
+    trust = ssl.create_default_context(cafile=str(fleet.root_certificates))
+    with httpx.Client(verify=trust, timeout=10.0) as client:
         base = f"https://{fleet.address}"
         assert client.get(f"{base}/health").status_code == 200
         for path in ("/v1/control/list-runs", "/v1/runtime/acquire-task", "/docs"):

@@ -51,7 +51,11 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         return p
 
-    start = with_state_dir(sub.add_parser("start", help="start a SuperLink and N SuperNodes"))
+    start = with_state_dir(
+        sub.add_parser(
+            "start", help="start a SuperLink (loopback), its front door and N SuperNodes"
+        )
+    )
     start.add_argument("--nodes", type=int, default=3, help="number of SuperNodes (default 3)")
     start.add_argument(
         "--num-partitions",

@@ -177,6 +177,7 @@ def run_method_grid(
     grid = LocalGrid(client_app, [dict(c) for c in node_configs], raw)
     strategy = get_method(method).strategy_cls(cfg, RunDir(run_dir))
     start = time.time()
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     log.info("%s/%s finished in %.1f s", bench, run_name, time.time() - start)
     return history, strategy, grid, raw

@@ -175,11 +175,11 @@ METHODS: dict[str, MethodEntry] = {
         _entry(
             "genefl",
             "genefl",
-            "Genefl",
+            "GeneflConfig",
+            "GeneflStrategy",
             "GENE-FL (reconstructed): learnGene exchange per cluster, Fisher ties, newcomers by "
             "probe signature (arXiv 2504.14628).",
             default_model="cnn_b",
-            test_overrides=(("model", "cnn_b"),),
         ),
     ]
 }

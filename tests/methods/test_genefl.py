@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
-from fedhet.config import parse_run_config
-from fedhet.methods import get_method
+from fedhet.methods import get_method, parse_run_config
 from fedhet.methods.genefl import wire
 from fedhet.server.run_dir import RunDir
 from fedhet.server.strategy import Reply
@@ -33,7 +32,8 @@ def _node(row: dict[str, Any], node_id: int) -> dict[str, Any]:
 
 def test_phases_learngene_upload_and_clusters(tmp_path: Path) -> None:
     strategy, grid = make("genefl", tmp_path, num_server_rounds=5, **NON_IID)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     assert [h["genefl-phase"] for h in history] == [
         "warmup",
         "warmup",
@@ -154,7 +154,8 @@ def test_bad_layer_scores_are_dropped(tmp_path: Path) -> None:
         return reply
 
     grid.corrupt = corrupt
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     dropped = [d for d in history[1]["dropped"] if d["node-id"] == victim]
     assert dropped and "layer scores" in dropped[0]["reason"]
     assert strategy.gene_layers  # fixed from the other devices' scores
@@ -162,7 +163,8 @@ def test_bad_layer_scores_are_dropped(tmp_path: Path) -> None:
 
 def test_missed_clustering_founders_join_as_newcomers(tmp_path: Path) -> None:
     strategy, grid = make("genefl", tmp_path, num_server_rounds=4, fraction_train=0.5)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     clustered = {n["node-id"] for n in history[2]["nodes"] if n["status"] == "trained"}
     assert 0 < len(clustered) < 6
     missed = [n for n in history[3]["nodes"] if n["node-id"] not in clustered]

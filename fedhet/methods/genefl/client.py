@@ -69,7 +69,7 @@ def _lr(ctx: ClientContext) -> float:
 
 
 def _steps(ctx: ClientContext, msg: Message, n_train: int) -> int:
-    knobs = GeneflKnobs.model_validate(plan_of(msg).knobs)
+    _, knobs = plan_of(msg, GeneflKnobs)
     if knobs.steps > 0:
         return knobs.steps
     shared = ctx.run.shared

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fedhet.config import KebabModel
+from fedhet.plan import Knobs
 
 
-class GeneflKnobs(KebabModel):
+class GeneflKnobs(Knobs):
     """What the server fixes for a device at registration.
 
     Attributes

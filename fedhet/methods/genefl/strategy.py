@@ -42,7 +42,7 @@ from fedhet.core.seeding import derive_seed, rng
 from fedhet.methods.genefl import wire
 from fedhet.methods.genefl.config import GeneflConfig
 from fedhet.methods.genefl.plan import GeneflKnobs, scaled_steps
-from fedhet.plan import Budget
+from fedhet.plan import Budget, Knobs
 from fedhet.profile import DeviceProfile
 from fedhet.server.strategy import FedhetStrategy, Node, Reply, record_bytes, to_numpy_dict
 from fedhet.server.validate import ArraySpec, ReplyError, spec_of, validate_arrays
@@ -64,6 +64,7 @@ class GeneflStrategy(FedhetStrategy):
 
     name: ClassVar[str] = "genefl"
     personalised: ClassVar[bool] = True
+    knobs_model: ClassVar[type[Knobs]] = GeneflKnobs
 
     mcfg: GeneflConfig
 
@@ -102,13 +103,10 @@ class GeneflStrategy(FedhetStrategy):
         """Values in 𝓖 (what one gene-round upload carries)."""
         return int(sum(self.sizes[layer] for layer in self.gene_layers))
 
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, GeneflKnobs, str]:
         """Participation by availability; steps ∝ T with ``genefl.scale-steps`` (METHODS.md §2)."""
         steps = scaled_steps(self.shared.local_steps, budget.time, self.mcfg.scale_steps)
-        knobs = GeneflKnobs(availability=profile.availability, steps=steps)
-        return True, knobs.model_dump(by_alias=True), ""
+        return True, GeneflKnobs(availability=profile.availability, steps=steps), ""
 
     def summary(self) -> None:
         super().summary()

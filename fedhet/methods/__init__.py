@@ -117,6 +117,24 @@ METHODS: dict[str, MethodEntry] = {
             "(arXiv 2203.05468).",
             test_overrides=(("model", "cnn_b"),),
         ),
+        _entry(
+            "pfedafm",
+            "pfedafm",
+            "Pfedafm",
+            "pFedAFM: own architecture per device, shared extractor G mixed in per device through "
+            "learnable α (arXiv 2404.17847).",
+            default_model="afm_cnn5",
+            test_overrides=(("model", "afm_cnn5"), ("pfedafm.steps", 2)),
+        ),
+        _entry(
+            "standalone",
+            "standalone",
+            "Standalone",
+            "Standalone: every device trains its own architecture alone, no communication "
+            "(pFedAFM baseline).",
+            default_model="afm_cnn5",
+            test_overrides=(("model", "afm_cnn5"), ("standalone.steps", 4)),
+        ),
     ]
 }
 

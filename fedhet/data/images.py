@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fedhet.data.base import DatasetUnavailable, TensorData
+from fedhet.data.catalog import IMAGE_DATASETS
 
 __all__ = [
     "FMNIST_MEAN",
@@ -30,8 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-IMAGE_DATASETS = ("fashion-mnist", "digits")
 
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530

@@ -22,7 +22,13 @@ from pydantic import BaseModel
 
 from fedhet import config as _config
 from fedhet.data.catalog import IMAGE_DATASETS, TEXT_DATASETS
-from fedhet.models.catalog import IMAGE_MODELS, TEXT_MODELS, UNIT_MODELS, WIDTH_MODELS
+from fedhet.models.catalog import (
+    AFM_ARCHS,
+    IMAGE_MODELS,
+    TEXT_MODELS,
+    UNIT_MODELS,
+    WIDTH_MODELS,
+)
 
 
 def _load(spec: str) -> Any:
@@ -175,20 +181,22 @@ METHODS: dict[str, MethodEntry] = {
         _entry(
             "pfedafm",
             "pfedafm",
-            "Pfedafm",
+            "PfedafmConfig",
+            "PfedafmStrategy",
             "pFedAFM: own architecture per device, shared extractor G mixed in per device through "
             "learnable α (arXiv 2404.17847).",
             default_model="afm_cnn5",
-            test_overrides=(("model", "afm_cnn5"), ("pfedafm.steps", 2)),
+            models=tuple(AFM_ARCHS),
         ),
         _entry(
             "standalone",
             "standalone",
-            "Standalone",
-            "Standalone: every device trains its own architecture alone, no communication "
-            "(pFedAFM baseline).",
+            "StandaloneConfig",
+            "StandaloneStrategy",
+            "Standalone: every device trains its own pFedAFM-family architecture alone, no "
+            "communication (pFedAFM's baseline, arXiv 2404.17847).",
             default_model="afm_cnn5",
-            test_overrides=(("model", "afm_cnn5"), ("standalone.steps", 4)),
+            models=tuple(AFM_ARCHS),
         ),
     ]
 }

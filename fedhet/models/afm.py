@@ -1,6 +1,6 @@
 """The pFedAFM model family's architecture rule (METHODS.md §2 "Plans", §8), Flower-free.
 
-Shared by every method that gives each device its own CNN-x of the ``afm_cnn1…5`` family (pFedAFM,
+Torch-free at import (the builders import torch on first use). Shared by every method that gives each device its own CNN-x of the ``afm_cnn1…5`` family (pFedAFM,
 arXiv 2404.17847, and its Standalone baseline), so neither has to import the other's folder.
 
 * ``budget`` rule (our choice, METHODS.md §2): the **largest** CNN-x whose parameter count relative
@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fedhet.models.cnn import AFM_ARCHS, AFMExtractor, AFMNet
+from fedhet.models.catalog import AFM_ARCHS
+
+if TYPE_CHECKING:
+    from fedhet.models.cnn import AFMExtractor, AFMNet
 
 #: The family's reference ("full") model: budgets are fractions of training it.
 AFM_REFERENCE = "afm_cnn1"
@@ -133,10 +137,14 @@ def reference_bytes() -> int:
 
 def build_afm(arch: str, num_classes: int = 10, in_channels: int = 1) -> AFMNet:
     """A local model F = h ∘ f of the family (``afm_cnn1…5``); ``ValueError`` for other names."""
+    from fedhet.models.cnn import AFMNet
+
     return AFMNet(check_arch(arch), num_classes=num_classes, in_channels=in_channels)
 
 
 def build_extractor(arch: str, in_channels: int = 1) -> AFMExtractor:
     """The feature extractor of ``arch`` alone (G = ``build_extractor("afm_cnn5")``; no header)."""
+    from fedhet.models.cnn import AFMExtractor
+
     c2, h1 = AFM_ARCHS[check_arch(arch)]
     return AFMExtractor(c2, h1, in_channels)

@@ -18,7 +18,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from torch import nn
 
 from fedhet.client.runtime import ClientContext
-from fedhet.config import ConfigError, parse_run_config
+from fedhet.config import ConfigError
+from fedhet.methods import parse_run_config
 from fedhet.methods.pfedafm import client as afm_client
 from fedhet.methods.pfedafm import wire
 from fedhet.methods.pfedafm.mixture import (
@@ -29,7 +30,7 @@ from fedhet.methods.pfedafm.mixture import (
     train_stage1,
     train_stage2,
 )
-from fedhet.methods.pfedafm.plan import plan_knobs, read_knobs
+from fedhet.methods.pfedafm.plan import PfedafmKnobs, plan_knobs
 from fedhet.methods.pfedafm.strategy import PfedafmStrategy
 from fedhet.models.afm import (
     afm_arch_params,
@@ -39,7 +40,7 @@ from fedhet.models.afm import (
     choose_arch,
 )
 from fedhet.models.cnn import AFM_ARCHS, AFMExtractor
-from fedhet.plan import CLASS_BUDGETS, Budget, NodePlan
+from fedhet.plan import CLASS_BUDGETS, Budget, NodePlan, PlanError
 from tests.methods.helpers import make, tiny_config
 
 G_PARAMS = 520_248
@@ -73,11 +74,18 @@ def test_budget_rule_gives_the_standard_fleet_three_architectures() -> None:
 
 
 def test_unknown_architecture_in_a_plan_is_a_clear_error() -> None:
-    assert read_knobs(plan_knobs("budget", 1, 1, index=0, declared=None).to_knobs()).arch == (
-        "afm_cnn1"
+    knobs = plan_knobs("budget", 1, 1, index=0, declared=None)
+    plan = NodePlan(
+        node_id=1,
+        device_id="d",
+        device_class="strong",
+        budget=Budget(time=1, memory=1, upload_min=1, upload_max=1),
+        knobs=knobs.model_dump(by_alias=True),
     )
-    with pytest.raises(ValueError, match=r"unusable architecture.*'resnet9'.*afm_cnn1"):
-        read_knobs({"arch": "resnet9", "rule": "declared"})
+    assert plan.knobs_as(PfedafmKnobs).arch == "afm_cnn1"
+    bad = plan.model_copy(update={"knobs": {"arch": "resnet9", "rule": "declared"}})
+    with pytest.raises(PlanError, match=r"PfedafmKnobs.*'resnet9'.*afm_cnn1"):
+        bad.knobs_as(PfedafmKnobs)
 
 
 # --- the mixture ----------------------------------------------------------------------------
@@ -219,7 +227,8 @@ def three_tier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[dict
         return reply
 
     grid.corrupt = capture
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     strategy.replies = replies
     return strategy, history, tmp / "t-pfedafm"
 
@@ -334,7 +343,7 @@ def test_nonfinite_alpha_in_device_state_is_reset(tmp_path: Path) -> None:
 def test_unknown_architecture_in_plan_fails_on_the_device(tmp_path: Path) -> None:
     ctx = _ctx(tiny_config("pfedafm", tmp_path), 0)
     g = {k: v.numpy() for k, v in build_extractor("afm_cnn5").state_dict().items()}
-    with pytest.raises(ValueError, match="afm_cnn9"):
+    with pytest.raises(PlanError, match="afm_cnn9"):
         afm_client.train(_train_msg(ctx, 1, g, "afm_cnn9"), ctx)
 
 
@@ -342,7 +351,8 @@ def test_device_whose_memory_fits_nothing_replies_infeasible(tmp_path: Path) -> 
     strategy, grid = make("pfedafm", tmp_path, num_nodes=3, num_server_rounds=1)
     victim = sorted(grid.contexts)[2]
     grid.contexts[victim].node_config["mem-frac"] = 0.2
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     node = next(n for n in history[0]["nodes"] if n["node-id"] == victim)
     assert node["status"] == "infeasible" and node["arch"] is None
     assert history[0]["num-trained"] == 2 and not history[0]["dropped"]
@@ -353,7 +363,8 @@ def test_declared_arch_wins_and_unknown_declared_arch_is_left_out(tmp_path: Path
     ids = sorted(grid.contexts)
     grid.contexts[ids[0]].node_config["arch"] = "afm_cnn2"
     grid.contexts[ids[1]].node_config["arch"] = "vgg16"
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     by_id = {n["node-id"]: n for n in history[0]["nodes"]}
     assert by_id[ids[0]]["arch"] == "afm_cnn2"
     assert ids[1] not in by_id  # never sampled
@@ -361,14 +372,20 @@ def test_declared_arch_wins_and_unknown_declared_arch_is_left_out(tmp_path: Path
 
 
 def test_model_outside_the_family_is_a_config_error(tmp_path: Path) -> None:
-    cfg = parse_run_config(tiny_config("pfedafm", tmp_path, model="cnn_s"))
-    with pytest.raises(ConfigError, match=r"'model' = 'cnn_s'.*pfedafm.*afm_cnn5"):
-        PfedafmStrategy(cfg)
+    raw = tiny_config("pfedafm", tmp_path, model="cnn_s")
+    with pytest.raises(ConfigError, match=r"model.*cnn_s.*pfedafm.*afm_cnn5"):
+        parse_run_config(raw)
+    cfg = parse_run_config(tiny_config("pfedafm", tmp_path))
+    assert cfg.shared.model == "afm_cnn5"  # 'auto' → the registry's default (G = CNN-5)
+    cfg = cfg.model_copy(update={"shared": cfg.shared.model_copy(update={"model": "cnn_s"})})
+    with pytest.raises(ConfigError, match=r"'model' = 'cnn_s'.*pfedafm"):
+        PfedafmStrategy(cfg)  # the strategy checks too, for configs built by hand
 
 
 def test_standalone_sends_no_parameters_and_keeps_its_model(tmp_path: Path) -> None:
     strategy, grid = make("standalone", tmp_path, num_nodes=3)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     for h in history:
         assert h["payload-bytes-up"] == 0 and h["payload-bytes-down"] == 0
         assert {n["arch"] for n in h["nodes"]} == {"afm_cnn1", "afm_cnn3", "afm_cnn5"}
@@ -379,6 +396,7 @@ def test_standalone_sends_no_parameters_and_keeps_its_model(tmp_path: Path) -> N
 def test_fedavg_baseline_on_cnn5_runs(tmp_path: Path) -> None:
     """The FedAvg row of §5.6: the existing ``fedavg`` on ``afm_cnn5`` (every device holds it)."""
     strategy, grid = make("fedavg", tmp_path, num_nodes=3, num_server_rounds=1, model="afm_cnn5")
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     assert history[0]["num-trained"] == 3
     assert sum(v.size for v in strategy.global_arrays.values()) == afm_arch_params("afm_cnn5")

@@ -40,7 +40,7 @@ from fedhet.methods.pfedafm.mixture import (
     evaluate_mixture,
     train_round,
 )
-from fedhet.methods.pfedafm.plan import read_knobs
+from fedhet.methods.pfedafm.plan import PfedafmKnobs
 from fedhet.models.afm import build_afm, build_extractor
 
 log = logging.getLogger("fedhet.client")
@@ -134,7 +134,7 @@ def _steps(n: int, mcfg: PfedafmConfig) -> int:
 
 def train(msg: Message, ctx: ClientContext) -> RecordDict:
     """Two-stage local round (METHODS.md §5.2 steps 1–5); upload θ_k, G's tensors only."""
-    knobs = read_knobs(plan_of(msg).knobs)
+    _, knobs = plan_of(msg, PfedafmKnobs)
     if knobs.arch is None:
         return infeasible_reply(knobs.infeasible or "no architecture fits this device")
     mcfg: PfedafmConfig = ctx.run.method_as(PfedafmConfig)
@@ -161,7 +161,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
 
 def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
     """Personalised accuracy (mixture) and G-only accuracy on the local test set."""
-    knobs = read_knobs(plan_of(msg).knobs)
+    _, knobs = plan_of(msg, PfedafmKnobs)
     split = ctx.data()
     if knobs.arch is None:
         return reply_content(None, {"num-examples": 0, "eval-correct": 0, "eval-loss": 0.0})

@@ -24,10 +24,10 @@ from fedhet.core.seeding import derive_seed
 from fedhet.core.summaries import mean_by_group, mean_over_devices
 from fedhet.methods.pfedafm import wire
 from fedhet.methods.pfedafm.config import PfedafmConfig
-from fedhet.methods.pfedafm.plan import plan_knobs
+from fedhet.methods.pfedafm.plan import PfedafmKnobs, plan_knobs
 from fedhet.models.afm import AFM_REFERENCE, build_extractor, reference_bytes, relative_sizes
 from fedhet.models.cnn import AFM_ARCHS
-from fedhet.plan import Budget, FleetReference
+from fedhet.plan import Budget, FleetReference, Knobs
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
 from fedhet.server.strategy import FedhetStrategy, Node, Reply
@@ -50,6 +50,7 @@ class PfedafmStrategy(FedhetStrategy):
     ``alpha-mean``, and per architecture ``eval-accuracy-<arch>``, ``alpha-mean-<arch>``.
     """
 
+    knobs_model: ClassVar[type[Knobs]] = PfedafmKnobs
     name: ClassVar[str] = "pfedafm"
     personalised: ClassVar[bool] = True
 
@@ -78,9 +79,7 @@ class PfedafmStrategy(FedhetStrategy):
         )
         return FleetReference(n_bytes, 4 * n_bytes, fastest)
 
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, Knobs, str]:
         """The device's architecture; a declared ``arch`` outside the family excludes it."""
         try:
             knobs = plan_knobs(
@@ -92,12 +91,12 @@ class PfedafmStrategy(FedhetStrategy):
             )
         except ValueError as exc:
             log.error("device %s left out: %s", profile.device_id, exc)
-            return False, {}, str(exc)
+            return False, PfedafmKnobs(rule="declared", infeasible=str(exc)), str(exc)
         if knobs.arch is None:
             log.warning(
                 "device %s: %s; it will reply infeasible", profile.device_id, knobs.infeasible
             )
-        return True, knobs.to_knobs(), knobs.infeasible
+        return True, knobs, knobs.infeasible
 
     def _mark(self, node: Node) -> None:
         self.current.node(node)["arch"] = node.plan.knobs.get("arch")
@@ -133,22 +132,17 @@ class PfedafmStrategy(FedhetStrategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """``eval-accuracy`` = mean over devices of personalised local-test accuracy (§5.5)."""
-        replies = list(replies)
+        """``eval-accuracy`` = mean over devices of personalised local-test accuracy (§5.5).
+
+        Beside it: ``eval-accuracy-pooled`` (Σ correct / Σ samples), ``eval-g-accuracy`` (mean
+        over devices of the G-only path h_k(G(x))) and ``eval-accuracy-<arch>``.
+        """
         pooled = super().aggregate_evaluate(server_round, replies)
         if pooled is None:
             return None
-        for reply in replies:
-            node = self._reply_node(reply)
-            if node is None or reply.has_error():
-                continue
-            m: dict[str, Any] = dict(reply.content.metric_records.get("metrics", MetricRecord()))
-            entry = self.current.node(node)
-            n = int(m.get("num-examples", 0))
-            if n > 0 and "eval-accuracy" in entry:
-                entry["eval-examples"] = n
-                entry["eval-g-accuracy"] = int(m.get(wire.EVAL_G_CORRECT, 0)) / n
         evaluated = [e for e in self.current.nodes.values() if e.get("eval-examples")]
+        for e in evaluated:
+            e["eval-g-accuracy"] = int(e.get(wire.EVAL_G_CORRECT, 0)) / int(e["eval-examples"])
         out = dict(pooled)
         out["eval-accuracy-pooled"] = out["eval-accuracy"]
         out["eval-accuracy"] = mean_over_devices(evaluated, "eval-accuracy") or 0.0

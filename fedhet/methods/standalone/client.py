@@ -26,7 +26,7 @@ from fedhet.client.training import evaluate_model, num_local_steps
 from fedhet.core.seeding import derive_seed
 from fedhet.methods.standalone import wire
 from fedhet.methods.standalone.config import StandaloneConfig
-from fedhet.methods.standalone.plan import read_knobs
+from fedhet.methods.standalone.plan import StandaloneKnobs
 from fedhet.models.afm import build_afm
 
 log = logging.getLogger("fedhet.client")
@@ -61,7 +61,7 @@ def save_model(ctx: ClientContext, arch: str, model: nn.Module) -> None:
 
 def train(msg: Message, ctx: ClientContext) -> RecordDict:
     """``epochs`` (or ``steps``) of SGD on the local model; upload nothing."""
-    knobs = read_knobs(plan_of(msg).knobs)
+    _, knobs = plan_of(msg, StandaloneKnobs)
     if knobs.arch is None:
         return infeasible_reply(knobs.infeasible or "no architecture fits this device")
     mcfg: StandaloneConfig = ctx.run.method_as(StandaloneConfig)
@@ -96,7 +96,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
 
 def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
     """Accuracy of the device's own model on its local test set (correct / total)."""
-    knobs = read_knobs(plan_of(msg).knobs)
+    _, knobs = plan_of(msg, StandaloneKnobs)
     split = ctx.data()
     if knobs.arch is None:
         return reply_content(None, {"num-examples": 0, "eval-correct": 0, "eval-loss": 0.0})

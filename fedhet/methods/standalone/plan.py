@@ -6,15 +6,15 @@ The rule itself lives in :mod:`fedhet.models.afm` (shared with pFedAFM; this fol
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
-from pydantic import Field
+from pydantic import field_validator
 
-from fedhet.config import KebabModel
 from fedhet.models.afm import check_arch, choose_arch
+from fedhet.plan import Knobs
 
 
-class StandaloneKnobs(KebabModel):
+class StandaloneKnobs(Knobs):
     """The plan's ``knobs`` for one Standalone device.
 
     Attributes
@@ -29,12 +29,14 @@ class StandaloneKnobs(KebabModel):
     """
 
     arch: str | None = None
-    rule: str = Field("budget")
+    rule: Literal["budget", "index", "declared"] = "budget"
     infeasible: str = ""
 
-    def to_knobs(self) -> dict[str, Any]:
-        """The plain dict stored in :attr:`fedhet.plan.NodePlan.knobs`."""
-        return self.model_dump(by_alias=True)
+    @field_validator("arch")
+    @classmethod
+    def _family(cls, v: str | None) -> str | None:
+        """An architecture outside the family fails (server when planning, device when reading)."""
+        return None if v is None else check_arch(v)
 
 
 def plan_knobs(
@@ -47,21 +49,7 @@ def plan_knobs(
 ) -> StandaloneKnobs:
     """Knobs of one device (see :func:`fedhet.models.afm.choose_arch`)."""
     choice = choose_arch(time, memory, assignment=assignment, index=index, declared=declared)
-    return StandaloneKnobs(arch=choice.arch, rule=choice.rule, infeasible=choice.reason)
-
-
-def read_knobs(knobs: dict[str, Any]) -> StandaloneKnobs:
-    """Parse a received plan's knobs; an architecture outside the family is a ``ValueError``.
-
-    Raises
-    ------
-    ValueError
-        Naming the bad architecture and the family's members.
-    """
-    parsed = StandaloneKnobs.model_validate(knobs)
-    if parsed.arch is not None:
-        try:
-            check_arch(parsed.arch)
-        except ValueError as exc:
-            raise ValueError(f"Standalone plan names an unusable architecture: {exc}") from None
-    return parsed
+    rule: Literal["budget", "index", "declared"] = (
+        "declared" if choice.rule == "declared" else "index" if choice.rule == "index" else "budget"
+    )
+    return StandaloneKnobs(arch=choice.arch, rule=rule, infeasible=choice.reason)

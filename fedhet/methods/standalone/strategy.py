@@ -19,10 +19,10 @@ from flwr.app import Message, MetricRecord
 from fedhet.config import ConfigError, RunConfig
 from fedhet.core.summaries import mean_by_group, mean_over_devices
 from fedhet.methods.standalone.config import StandaloneConfig
-from fedhet.methods.standalone.plan import plan_knobs
+from fedhet.methods.standalone.plan import StandaloneKnobs, plan_knobs
 from fedhet.models.afm import reference_bytes
 from fedhet.models.cnn import AFM_ARCHS
-from fedhet.plan import Budget, FleetReference
+from fedhet.plan import Budget, FleetReference, Knobs
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
 from fedhet.server.strategy import FedhetStrategy, Node, Reply
@@ -38,6 +38,7 @@ class StandaloneStrategy(FedhetStrategy):
     devices of their local-test accuracy, ``eval-accuracy-pooled`` and ``eval-accuracy-<arch>``.
     """
 
+    knobs_model: ClassVar[type[Knobs]] = StandaloneKnobs
     name: ClassVar[str] = "standalone"
     personalised: ClassVar[bool] = True
     #: No model parameters travel and no global state exists.
@@ -64,9 +65,7 @@ class StandaloneStrategy(FedhetStrategy):
         )
         return FleetReference(n_bytes, 4 * n_bytes, fastest)
 
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, Knobs, str]:
         try:
             knobs = plan_knobs(
                 self.scfg.arch_assignment,
@@ -77,8 +76,8 @@ class StandaloneStrategy(FedhetStrategy):
             )
         except ValueError as exc:
             log.error("device %s left out: %s", profile.device_id, exc)
-            return False, {}, str(exc)
-        return True, knobs.to_knobs(), knobs.infeasible
+            return False, StandaloneKnobs(rule="declared", infeasible=str(exc)), str(exc)
+        return True, knobs, knobs.infeasible
 
     def _mark(self, node: Node) -> None:
         self.current.node(node)["arch"] = node.plan.knobs.get("arch")
@@ -105,20 +104,10 @@ class StandaloneStrategy(FedhetStrategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """``eval-accuracy`` = mean over devices of their local-test accuracy."""
-        replies = list(replies)
+        """``eval-accuracy`` = mean over devices of their local-test accuracy (pooled beside it)."""
         pooled = super().aggregate_evaluate(server_round, replies)
         if pooled is None:
             return None
-        for reply in replies:
-            node = self._reply_node(reply)
-            if node is None or reply.has_error():
-                continue
-            m: dict[str, Any] = dict(reply.content.metric_records.get("metrics", MetricRecord()))
-            n = int(m.get("num-examples", 0))
-            entry = self.current.node(node)
-            if n > 0 and "eval-accuracy" in entry:
-                entry["eval-examples"] = n
         evaluated = [e for e in self.current.nodes.values() if e.get("eval-examples")]
         out = dict(pooled)
         out["eval-accuracy-pooled"] = out["eval-accuracy"]

@@ -136,7 +136,7 @@ def test_alpha_clipped_to_unit_interval_before_and_after_every_step() -> None:
     mix.forward = spy  # type: ignore[method-assign]
     train_stage1(mix, _batches(4), StageSettings(lr_alpha=50.0))  # huge steps push α out
     assert len(seen) == 4 and all(lo >= 0.0 and hi <= 1.0 for lo, hi in seen)
-    assert float(mix.alpha.min()) >= 0.0 and float(mix.alpha.max()) <= 1.0
+    assert float(mix.alpha.detach().min()) >= 0.0 and float(mix.alpha.detach().max()) <= 1.0
 
 
 def test_stage1_trains_omega_and_alpha_with_separate_optimisers_g_frozen() -> None:

@@ -22,7 +22,13 @@ from pydantic import BaseModel
 
 from fedhet import config as _config
 from fedhet.data.catalog import IMAGE_DATASETS, TEXT_DATASETS
-from fedhet.models.catalog import IMAGE_MODELS, TEXT_MODELS, UNIT_MODELS, WIDTH_MODELS
+from fedhet.models.catalog import (
+    AFM_ARCHS,
+    IMAGE_MODELS,
+    TEXT_MODELS,
+    UNIT_MODELS,
+    WIDTH_MODELS,
+)
 
 
 def _load(spec: str) -> Any:
@@ -180,6 +186,26 @@ METHODS: dict[str, MethodEntry] = {
             "GENE-FL (reconstructed): learnGene exchange per cluster, Fisher ties, newcomers by "
             "probe signature (arXiv 2504.14628).",
             default_model="cnn_b",
+        ),
+        _entry(
+            "pfedafm",
+            "pfedafm",
+            "PfedafmConfig",
+            "PfedafmStrategy",
+            "pFedAFM: own architecture per device, shared extractor G mixed in per device through "
+            "learnable α (arXiv 2404.17847).",
+            default_model="afm_cnn5",
+            models=tuple(AFM_ARCHS),
+        ),
+        _entry(
+            "standalone",
+            "standalone",
+            "StandaloneConfig",
+            "StandaloneStrategy",
+            "Standalone: every device trains its own pFedAFM-family architecture alone, no "
+            "communication (pFedAFM's baseline, arXiv 2404.17847).",
+            default_model="afm_cnn5",
+            models=tuple(AFM_ARCHS),
         ),
     ]
 }

@@ -35,6 +35,8 @@ TEST_OVERRIDES: dict[str, dict[str, Any]] = {
         "fedit.steps": 2,
         "fedit.max-length": 16,
     },
+    "pfedafm": {"pfedafm.steps": 2},
+    "standalone": {"standalone.steps": 4},
 }
 
 

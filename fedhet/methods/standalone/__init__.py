@@ -1,0 +1,1 @@
+"""Standalone: every device trains its own architecture alone, no communication (pFedAFM baseline)."""

@@ -32,6 +32,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_DATASETS = ("fashion-mnist", "digits")
+#: Classes of each image dataset: the class space of a run, also for devices' own data.
+IMAGE_NUM_CLASSES = {"fashion-mnist": 10, "digits": 10}
 
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530

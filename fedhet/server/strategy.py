@@ -43,16 +43,25 @@ from flwr.serverapp.strategy import FedAvg
 from fedhet.config import ConfigError, RunConfig
 from fedhet.core.aggregate import Contribution, weighted_mean
 from fedhet.core.codec import as_contiguous
+from fedhet.core.robust import norm_outliers, robust_aggregate
 from fedhet.core.seeding import derive_seed, rng
-from fedhet.plan import Budget, FleetReference, NodePlan, budget_for
+from fedhet.plan import Budget, FleetReference, NodePlan, budget_for, reference_bench_ms
 from fedhet.profile import DeviceProfile, parse_profile
 from fedhet.server.run_dir import RunDir
+from fedhet.server.trust import (
+    IdleWatch,
+    RunFailed,
+    TrustSettings,
+    device_in_use,
+    read_eval_reply,
+    read_train_reply,
+    update_norms,
+)
 from fedhet.server.validate import (
     ArraySpec,
     ReplyError,
     spec_of,
     validate_arrays,
-    validate_train_metrics,
 )
 
 log = logging.getLogger("fedhet")
@@ -158,6 +167,8 @@ class FedhetStrategy(FedAvg):
     name: ClassVar[str] = "base"
     #: The global model is personalised per device (evaluation uses per-device state).
     personalised: ClassVar[bool] = False
+    #: Train replies carry updates (differences), not parameters (for the norm-outlier filter).
+    replies_are_updates: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         shared = cfg.shared
@@ -180,6 +191,16 @@ class FedhetStrategy(FedAvg):
         self._sent: dict[str, int] = {}
         self._server_eval_data: Any = None
         self._server_eval_disabled = not shared.server_eval
+        self.trust = TrustSettings.from_shared(shared)
+        self.idle = IdleWatch(self.trust.max_idle_rounds)
+        self._sent_train: dict[int, dict[str, np.ndarray]] = {}
+        self._bench_reference: float | None = None
+        self._asked: dict[int, int] = {}
+        if self.trust.aggregation != "mean" and not self.supports_robust_rules():
+            raise ConfigError(
+                f"invalid run config: 'aggregation' = {self.trust.aggregation!r} is not available "
+                f"for method {self.name!r} (its aggregation is method-specific); use 'mean'"
+            )
 
     # ------------------------------------------------------------------------------------------
     # Hooks a method overrides
@@ -193,13 +214,40 @@ class FedhetStrategy(FedAvg):
         return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
     def fleet_reference(self) -> FleetReference:
-        """Full-training costs of the run's model that budgets are fractions of."""
+        """Full-training costs of the run's model that budgets are fractions of.
+
+        The time reference is fixed once for the run (:func:`fedhet.plan.reference_bench_ms`,
+        from the first registration that carries measurements), so budgets do not depend on the
+        order devices register in.
+        """
         n_bytes = int(sum(a.nbytes for a in self.global_arrays.values()))
-        fastest = min(
-            (n.profile.bench_ms for n in self.nodes.values() if n.profile.bench_ms), default=None
-        )
         # weights + gradients + optimiser-free SGD + activations (rough: 4x weights)
-        return FleetReference(n_bytes, 4 * n_bytes, fastest)
+        return FleetReference(n_bytes, 4 * n_bytes, self._bench_reference)
+
+    def supports_robust_rules(self) -> bool:
+        """Whether ``aggregation = trimmed-mean | median`` applies (full-model replies only)."""
+        return type(self).aggregate is FedhetStrategy.aggregate
+
+    def reply_spec(
+        self, node: Node, server_round: int, names: list[str]
+    ) -> tuple[dict[str, ArraySpec], dict[str, int]]:
+        """``(spec, sizes)`` a train reply's arrays are checked against *before* decoding.
+
+        ``names`` are the reply's array names (plain strings, for methods whose allowed names
+        depend on them). Default: :meth:`expected_reply`, no open-length sizes.
+        """
+        return self.expected_reply(node, server_round), {}
+
+    def robust_aggregate(self, server_round: int, replies: list[Reply]) -> None:
+        """``aggregation = trimmed-mean | median`` over full-model replies (unweighted)."""
+        contribs = [Contribution(r.arrays, 1.0) for r in replies]
+        if contribs:
+            self.global_arrays = robust_aggregate(
+                self.trust.aggregation,
+                contribs,
+                self.global_arrays,
+                trim=self.trust.trim_fraction,
+            )
 
     def plan_knobs(
         self, profile: DeviceProfile, budget: Budget
@@ -273,9 +321,17 @@ class FedhetStrategy(FedAvg):
 
     def register_nodes(self, grid: Grid, server_round: int) -> list[Node]:
         """Ask every node not seen before for its profile; plan the valid ones."""
-        unseen = [n for n in grid.get_node_ids() if n not in self.nodes and n not in self.rejected]
+        # a rejected node is asked again once per round (its profile may be fixed by then)
+        unseen = [
+            n
+            for n in grid.get_node_ids()
+            if n not in self.nodes
+            and (n not in self.rejected or self._asked.get(n) != server_round)
+        ]
         if not unseen:
             return []
+        for n in unseen:
+            self._asked[n] = server_round
         msgs = [
             Message(
                 RecordDict({"config": self._profile_query_config()}),
@@ -288,8 +344,12 @@ class FedhetStrategy(FedAvg):
         replies = list(grid.send_and_receive(msgs, timeout=timeout))
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
         new: list[Node] = []
+        batch: list[tuple[int, DeviceProfile]] = []
+        live = set(grid.get_node_ids())
         for reply in replies:
             node_id = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if node_id not in sent.values():
+                continue  # not a node we asked
             if reply.has_error():
                 log.warning(
                     "node %s: profile query failed (%s); will ask again next round",
@@ -301,10 +361,29 @@ class FedhetStrategy(FedAvg):
                 if "profile" not in reply.content.config_records:
                     raise ConfigError("reply carries no 'profile' record")
                 profile = parse_profile(dict(reply.content.config_records["profile"]))
-            except ConfigError as exc:
+                holders = [(nid, n.device_id) for nid, n in self.nodes.items()]
+                holders += [(nid, p.device_id) for nid, p in batch]
+                other = device_in_use(holders, node_id, profile.device_id, live)
+                if other is not None:
+                    raise ConfigError(
+                        f"device-id {profile.device_id!r} is already in use by live node {other}"
+                    )
+            except Exception as exc:  # one bad profile never stops registration
                 self.rejected[node_id] = str(exc)
-                log.error("node %s: profile rejected, node left out of planning: %s", node_id, exc)
+                log.error(
+                    "node %s: profile rejected, node left out of planning (asked again next "
+                    "round): %s",
+                    node_id,
+                    exc,
+                )
                 continue
+            batch.append((node_id, profile))
+        if self._bench_reference is None or self.shared.ref_bench_ms:
+            measured = [p.bench_ms for _, p in batch if not p.simulated and p.bench_ms]
+            if measured or self.shared.ref_bench_ms:
+                self._bench_reference = reference_bench_ms(measured, self.shared.ref_bench_ms)
+        for node_id, profile in batch:
+            self.rejected.pop(node_id, None)
             new.append(self._plan_node(node_id, profile, server_round))
         answered = {sent.get(r.metadata.reply_to_message_id) for r in replies}
         for node_id in sorted(set(unseen) - answered):
@@ -356,6 +435,7 @@ class FedhetStrategy(FedAvg):
                     "nodes": {str(k): n.profile.to_record() for k, n in self.nodes.items()},
                     "plans": {str(k): json.loads(n.plan.to_json()) for k, n in self.nodes.items()},
                     "rejected": {str(k): v for k, v in self.rejected.items()},
+                    "reference-bench-ms": self._bench_reference,
                 }
             )
 
@@ -363,6 +443,9 @@ class FedhetStrategy(FedAvg):
         if not self.run_dir:
             return
         data = self.run_dir.load_profiles()
+        ref = data.get("reference-bench-ms")
+        if isinstance(ref, int | float) and ref > 0:
+            self._bench_reference = float(ref)
         for key, raw in data.get("nodes", {}).items():
             node_id = int(key)
             if node_id in live:
@@ -422,8 +505,10 @@ class FedhetStrategy(FedAvg):
     ) -> Iterable[Message]:
         """One message per sampled node, with the node's own payload and plan."""
         msgs = []
+        self._sent_train = {}
         for node in self.sample(grid, server_round, self.shared.fraction_train, "train"):
             payload, extra = self.train_payload(node, server_round)
+            self._sent_train[node.node_id] = payload
             msgs.append(
                 self._message(
                     node, payload, {**dict(config), **extra}, server_round, MessageType.TRAIN
@@ -458,33 +543,39 @@ class FedhetStrategy(FedAvg):
                     f"error reply (code {reply.error.code}): {reply.error.reason}",
                 )
                 continue
-            payload, total = record_bytes(reply.content)
-            entry["bytes-up"] += total
-            entry["payload-bytes-up"] += payload
-            self.totals["bytes-up"] += total
             try:
-                metrics = dict(reply.content.metric_records.get("metrics", MetricRecord()))
-                if metrics.get("infeasible"):
+                payload, total = record_bytes(reply.content)
+                entry["bytes-up"] += total
+                entry["payload-bytes-up"] += payload
+                self.totals["bytes-up"] += total
+                names = [str(k) for k in reply.content.array_records.get("arrays", {})]
+                spec, sizes = self.reply_spec(node, server_round, names)
+                checked = read_train_reply(
+                    reply.content,
+                    spec,
+                    sizes=sizes,
+                    declared_examples=node.profile.num_train,
+                    max_reply_bytes=self.trust.max_reply_bytes,
+                    open_length_bytes=self._model_bytes(),
+                )
+                if checked.infeasible:
                     entry["status"] = "infeasible"
                     log.info(
                         "round %d: node %s could not train (infeasible)", server_round, node.node_id
                     )
                     continue
-                arrays = to_numpy_dict(reply.content.array_records.get("arrays", ArrayRecord()))
-                n = validate_train_metrics(metrics)
+                arrays, metrics, n = checked.arrays, checked.metrics, checked.num_examples
                 self.validate_reply(node, server_round, arrays, metrics)
-            except (ReplyError, ValueError, TypeError) as exc:
+            except Exception as exc:  # no exception from one reply escapes the round
                 entry["status"] = "dropped"
-                self.current.drop(node.node_id, node.device_id, "train", str(exc))
+                reason = str(exc) if isinstance(exc, ReplyError) else f"{type(exc).__name__}: {exc}"
+                self.current.drop(node.node_id, node.device_id, "train", reason)
                 continue
             entry.update(
                 status="trained",
-                **{
-                    k: metrics[k]
-                    for k in ("train-seconds", "num-examples", "train-loss")
-                    if k in metrics
-                },
+                **{k: metrics[k] for k in ("train-seconds", "train-loss") if k in metrics},
             )
+            entry["num-examples"] = n
             entry.update(
                 {
                     k: v
@@ -499,8 +590,9 @@ class FedhetStrategy(FedAvg):
                 self.current.drop(
                     entry["node-id"], entry["device-id"], "train", "no reply before timeout"
                 )
+        valid = self._drop_outliers(server_round, valid)
         if valid:
-            self.aggregate(server_round, valid)
+            self._guarded_aggregate(server_round, valid)
         total_n = sum(r.num_examples for r in valid)
         metrics_out: dict[str, Any] = {"num-replies": len(valid)}
         if total_n > 0:
@@ -508,6 +600,44 @@ class FedhetStrategy(FedAvg):
                 sum(r.num_examples * float(r.metrics["train-loss"]) for r in valid) / total_n
             )
         return to_array_record(self.global_arrays), MetricRecord(metrics_out)
+
+    def _model_bytes(self) -> int:
+        return int(sum(np.asarray(a).nbytes for a in self.global_arrays.values()))
+
+    def _drop_outliers(self, server_round: int, valid: list[Reply]) -> list[Reply]:
+        """Drop updates whose norm is far outside the round's others (``outlier-factor``)."""
+        sent = {} if self.replies_are_updates else self._sent_train
+        norms = update_norms({r.node.node_id: r.arrays for r in valid}, sent)
+        bad = norm_outliers(norms, self.trust.outlier_factor)
+        for r in valid:
+            if r.node.node_id in bad:
+                self.current.node(r.node)["status"] = "dropped"
+                self.current.drop(r.node.node_id, r.node.device_id, "train", bad[r.node.node_id])
+        return [r for r in valid if r.node.node_id not in bad]
+
+    def _guarded_aggregate(self, server_round: int, valid: list[Reply]) -> None:
+        """Aggregate; roll back to the previous global model and method state if not finite."""
+        previous = {k: np.array(v, copy=True) for k, v in self.global_arrays.items()}
+        previous_state = self.state_dict()
+        try:
+            if self.trust.aggregation == "mean":
+                self.aggregate(server_round, valid)
+            else:
+                self.robust_aggregate(server_round, valid)
+            bad = [
+                k
+                for k, v in self.global_arrays.items()
+                if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()
+            ]
+            bad += _non_finite_state(self.state_dict())
+            reason = f"aggregate not finite in {bad[:5]}" if bad else ""
+        except (ValueError, FloatingPointError, ArithmeticError) as exc:
+            reason = f"aggregation failed: {type(exc).__name__}: {exc}"
+        if reason:
+            self.global_arrays = previous
+            self.load_state_dict(previous_state)
+            self.current.extras["rolled-back"] = reason
+            log.error("round %d: %s; kept the previous global model", server_round, reason)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -536,17 +666,15 @@ class FedhetStrategy(FedAvg):
                 node_id = node.node_id if node else reply.metadata.src_node_id
                 self.current.drop(node_id, node.device_id if node else None, "evaluate", reason)
                 continue
-            _, size = record_bytes(reply.content)
             entry = self.current.node(node)
-            entry["bytes-up"] += size
-            self.totals["bytes-up"] += size
-            m: dict[str, Any] = dict(reply.content.metric_records.get("metrics", MetricRecord()))
             try:
-                c, n, lo = int(m["eval-correct"]), int(m["num-examples"]), float(m["eval-loss"])
-                if n < 0 or not 0 <= c <= n or not np.isfinite(lo):
-                    raise ValueError(f"eval-correct={c}, num-examples={n}, eval-loss={lo}")
-            except (KeyError, ValueError, TypeError) as exc:
-                self.current.drop(node.node_id, node.device_id, "evaluate", f"bad metrics: {exc}")
+                _, size = record_bytes(reply.content)
+                entry["bytes-up"] += size
+                self.totals["bytes-up"] += size
+                c, n, lo, m = read_eval_reply(reply.content, node.profile.num_test)
+            except Exception as exc:  # no exception from one reply escapes the round
+                reason = str(exc) if isinstance(exc, ReplyError) else f"{type(exc).__name__}: {exc}"
+                self.current.drop(node.node_id, node.device_id, "evaluate", f"bad reply: {reason}")
                 continue
             correct, total, loss = correct + c, total + n, loss + lo
             entry["eval-accuracy"] = c / n if n else None
@@ -622,7 +750,8 @@ class FedhetStrategy(FedAvg):
                 + "). Use another 'run-name' to start a new run, or the same config to resume."
             )
         self.run_dir.write_config(self.cfg.raw)
-        latest = self.run_dir.load_latest_checkpoint()
+        shapes = {k: tuple(np.shape(v)) for k, v in self.global_arrays.items()}
+        latest = self.run_dir.load_latest_checkpoint(self.name, shapes)
         if latest is None:
             # a run that stopped before its first checkpoint starts over: drop its metric lines
             self.run_dir.truncate_metrics(0)
@@ -701,16 +830,33 @@ class FedhetStrategy(FedAvg):
         self.summary()
         if initial_arrays is not None and len(initial_arrays):
             self.global_arrays = to_numpy_dict(initial_arrays)
+        if self.run_dir:
+            self.run_dir.lock()  # a second server with the same run name fails here
+        try:
+            return self._start(grid, num_rounds)
+        finally:
+            if self.run_dir:
+                self.run_dir.unlock()
+
+    def _start(self, grid: Grid, num_rounds: int) -> list[dict[str, Any]]:
         last = self.resume(grid)
         history = []
         t0 = time.time()
         for server_round in range(last + 1, num_rounds + 1):
             record = self.run_round(grid, server_round)
+            failed = self.idle.observe(server_round, record["num-trained"])
+            if failed:
+                record["run-failed"] = failed
             history.append(record)
             if self.run_dir:
                 self.run_dir.append_metrics(record)
+                if failed:
+                    log.error("run %s failed: %s", self.shared.run_name, failed)
+                    raise RunFailed(failed)
                 if server_round % self.shared.checkpoint_every == 0 or server_round == num_rounds:
                     self.run_dir.save_checkpoint(server_round, self._checkpoint_state(server_round))
+            elif failed:
+                raise RunFailed(failed)
             elapsed = time.time() - t0
             done = server_round - last
             eta = elapsed / done * (num_rounds - server_round)
@@ -738,6 +884,19 @@ class FedhetStrategy(FedAvg):
             )
         self._save_profiles()
         return history
+
+
+def _non_finite_state(state: Any, path: str = "strategy") -> list[str]:
+    """Paths of non-finite float tensors/arrays inside a method's :meth:`state_dict`."""
+    if isinstance(state, dict):
+        return [p for k, v in state.items() for p in _non_finite_state(v, f"{path}/{k}")]
+    if isinstance(state, list | tuple):
+        return [p for i, v in enumerate(state) for p in _non_finite_state(v, f"{path}/{i}")]
+    if isinstance(state, torch.Tensor) and state.is_floating_point():
+        return [] if bool(torch.isfinite(state).all()) else [path]
+    if isinstance(state, np.ndarray) and np.issubdtype(state.dtype, np.floating):
+        return [] if np.isfinite(state).all() else [path]
+    return []
 
 
 def _fmt(x: Any) -> str:

@@ -16,7 +16,7 @@ nor poison the model or the report:
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,16 +150,16 @@ def read_eval_reply(
 
 
 def update_norms(
-    replies: Mapping[Hashable, Mapping[str, np.ndarray]],
-    sent: Mapping[Hashable, Mapping[str, np.ndarray]],
-) -> dict[Hashable, float]:
+    replies: Mapping[Any, Mapping[str, np.ndarray]],
+    sent: Mapping[Any, Mapping[str, np.ndarray]],
+) -> dict[Any, float]:
     """L2 norm of each reply's update, relative to what the server sent that node.
 
     An array whose name and shape match an array sent to the node counts as ``reply − sent``
     (full models, submodel slices, adapter slots); any other array is taken as an update already
     (values of sparse updates, e.g. FIARSE's ``<name>.values``). Integer counters are skipped.
     """
-    out: dict[Hashable, float] = {}
+    out: dict[Any, float] = {}
     for key, arrays in replies.items():
         base = sent.get(key, {})
         total = 0.0

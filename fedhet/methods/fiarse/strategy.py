@@ -60,6 +60,7 @@ class FiarseStrategy(SizedStrategy):
     """
 
     name: ClassVar[str] = "fiarse"
+    replies_are_updates: ClassVar[bool] = True  # values and dense arrays are differences
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         super().__init__(cfg, run_dir)
@@ -151,6 +152,15 @@ class FiarseStrategy(SizedStrategy):
             else:
                 spec[name] = (tuple(arr.shape), np.dtype(arr.dtype))
         return spec
+
+    def reply_spec(
+        self, node: Node, server_round: int, names: list[str]
+    ) -> tuple[dict[str, ArraySpec], dict[str, int]]:
+        """Checked before decoding: each values array has exactly its mask's kept count."""
+        masks = self._round_masks.get(node.device_id, {})
+        return self.expected_reply(node, server_round), {
+            name + VALUES: int(m.sum()) for name, m in masks.items()
+        }
 
     def validate_reply(
         self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]

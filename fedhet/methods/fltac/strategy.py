@@ -253,6 +253,22 @@ class FltacStrategy(FedhetStrategy):
             for k, spec in self.slot_spec.items()
         }
 
+    def reply_spec(
+        self, node: Node, server_round: int, names: list[str]
+    ) -> tuple[dict[str, ArraySpec], dict[str, int]]:
+        """Checked before decoding: the device's known slots, or (slot count not yet known) the
+        slots its array names give, below ``MAX_SLOTS``."""
+        if self._known_slots(node):
+            return self.expected_reply(node, server_round), {}
+        slots = {int(m.group(1)) for n in names if (m := SLOT_NAME.match(n))}
+        spec = {
+            f"slot{s}/{k}": v
+            for s in sorted(slots)
+            if s < MAX_SLOTS
+            for k, v in self.slot_spec.items()
+        }
+        return spec, {}
+
     def validate_reply(
         self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]
     ) -> None:

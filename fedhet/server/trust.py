@@ -153,16 +153,21 @@ def update_norms(
     replies: Mapping[Any, Mapping[str, np.ndarray]],
     sent: Mapping[Any, Mapping[str, np.ndarray]],
 ) -> dict[Any, float]:
-    """L2 norm of each reply's update, relative to what the server sent that node.
+    """Root-mean-square size of each reply's update, relative to what the server sent that node.
 
     An array whose name and shape match an array sent to the node counts as ``reply − sent``
     (full models, submodel slices, adapter slots); any other array is taken as an update already
     (values of sparse updates, e.g. FIARSE's ``<name>.values``). Integer counters are skipped.
+
+    The L2 norm is divided by √(number of uploaded values), so devices that train submodels or
+    windows of different sizes (the point of a heterogeneous fleet) are compared per coordinate,
+    not penalised for uploading more.
     """
     out: dict[Any, float] = {}
     for key, arrays in replies.items():
         base = sent.get(key, {})
         total = 0.0
+        count = 0
         with np.errstate(over="ignore", invalid="ignore"):
             for name, arr in arrays.items():
                 a = np.asarray(arr)
@@ -173,7 +178,8 @@ def update_norms(
                 if ref is not None and np.shape(ref) == a.shape:
                     diff = diff - np.asarray(ref, dtype=np.float64)
                 total += float(np.sum(np.square(diff)))
-        out[key] = math.sqrt(total) if math.isfinite(total) else math.inf
+                count += a.size
+        out[key] = math.sqrt(total / max(count, 1)) if math.isfinite(total) else math.inf
     return out
 
 

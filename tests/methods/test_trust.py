@@ -212,6 +212,27 @@ def test_fedit_infinite_task_examples_dropped(tmp_path: Path) -> None:
         assert float(np.max(np.abs(v - ref.global_arrays[k]))) < 0.1, k
 
 
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean"])
+def test_robust_rule_bounds_a_poisoned_update_without_the_outlier_filter(
+    tmp_path: Path, rule: str
+) -> None:
+    strategy, history, _ = _run(
+        tmp_path, "train", _sevens, aggregation=rule, outlier_factor=0, trim_fraction=0.34
+    )
+    assert all(h["num-trained"] == NODES for h in history)  # nothing dropped: the rule copes
+    for k, v in strategy.global_arrays.items():
+        if np.issubdtype(v.dtype, np.floating):
+            assert np.isfinite(v).all() and float(np.max(np.abs(v))) < 3.0, k
+    assert 0.0 <= history[-1]["eval-accuracy"] <= 1.0
+
+
+def test_robust_rule_refused_for_method_specific_aggregation(tmp_path: Path) -> None:
+    from fedhet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'aggregation' = 'median' is not available"):
+        make("fiarse", tmp_path, num_nodes=NODES, aggregation="median")
+
+
 class _Payload:
     def __init__(self, target: str) -> None:
         self.target = target

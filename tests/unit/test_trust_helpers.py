@@ -56,12 +56,12 @@ def test_read_eval_reply_bounds() -> None:
 def test_update_norms_relative_to_what_was_sent() -> None:
     sent = {"a": {"w": np.ones((2, 2), np.float32)}}
     replies = {
-        "a": {"w": np.full((2, 2), 2.0, np.float32), "n": np.array(9)},  # diff 1 each -> norm 2
-        "b": {"w.values": np.array([3.0, 4.0], np.float32)},  # not sent: an update -> norm 5
+        "a": {"w": np.full((2, 2), 2.0, np.float32), "n": np.array(9)},  # diff 1 each -> rms 1
+        "b": {"w.values": np.array([3.0, 4.0], np.float32)},  # not sent: an update -> 5/sqrt(2)
         "c": {"w": np.array([[np.inf, 0], [0, 0]], np.float32)},
     }
     norms = update_norms(replies, sent)
-    assert norms["a"] == pytest.approx(2.0) and norms["b"] == pytest.approx(5.0)
+    assert norms["a"] == pytest.approx(1.0) and norms["b"] == pytest.approx(5.0 / math.sqrt(2))
     assert norms["c"] == math.inf
 
 

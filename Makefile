@@ -35,6 +35,13 @@ data:
 	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
 	  sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
 	else echo "WARNING: install Debian's dataset-fashion-mnist or set FEDHET_DATA_DIR; Fashion-MNIST tests will skip"; fi
+	@# nginx: the TLS front door of every deployment (devices reach the Fleet API only).
+	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then echo "nginx: $$(command -v nginx || echo /usr/sbin/nginx)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+	  sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light; \
+	else echo "WARNING: install Debian's nginx-light (the deployment front door); deployment tests will skip"; fi
 
 demo: install
 	$(PY) -m fedhet.cli demo --output-dir $(CURDIR)/runs
@@ -48,12 +55,13 @@ test-fast: install
 	@set +e; $(PY) -m pytest -q -m "not integration and not deployment"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-lint: install
+# Lint and types need the venv only (no apt data step), so they run anywhere `make install` would.
+lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-format: install
+format: $(VENV)/.installed
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 

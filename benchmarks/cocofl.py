@@ -53,8 +53,8 @@ from benchmarks.common import (
     setup,
     write_result,
 )
-from fedhet.config import default_run_config, parse_run_config
-from fedhet.methods import get_method
+from fedhet.config import default_run_config
+from fedhet.methods import get_method, parse_run_config
 from fedhet.methods.cocofl.config import parse_milestones, step_lr
 from fedhet.plan import CLASS_BUDGETS, fleet_class
 from fedhet.server.run_dir import RunDir
@@ -64,7 +64,7 @@ log = logging.getLogger("benchmarks.cocofl")
 
 BENCH = "cocofl"
 NUM_DEVICES = 30
-CLASSES = ("strong", "medium", "weak")
+CLASSES: tuple[str, ...] = tuple(CLASS_BUDGETS)
 MILESTONES = "0.6,0.8"
 
 #: label -> (registered method, run-config overrides)
@@ -141,7 +141,8 @@ def run_segmented(
     history: list[dict[str, Any]] = []
     for last_round, lr in segments:
         grid.run_config["lr"] = lr  # shared by every in-process device's Context
-        history += strategy.start(grid, num_rounds=last_round)
+        strategy.start(grid, num_rounds=last_round)
+        history += strategy.history
     return history, strategy.global_arrays
 
 

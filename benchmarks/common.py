@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from fedhet.config import default_run_config, parse_run_config
-from fedhet.methods import get_method
+from fedhet.config import default_run_config
+from fedhet.methods import get_method, parse_run_config
 from fedhet.server.run_dir import RunDir
 from fedhet.sim import LocalGrid, simulated_node_configs
 
@@ -85,9 +85,9 @@ def run_method(
     grid = LocalGrid(client_app, node_cfgs, raw)
     strategy = get_method(method).strategy_cls(cfg, RunDir(run_dir))
     start = time.time()
-    history = strategy.start(grid)
+    strategy.start(grid)
     log.info("%s/%s finished in %.1f s", bench, run_name, time.time() - start)
-    return history
+    return strategy.history
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -6,9 +6,10 @@ The same tiny fedavg run (digits, 3 devices, 3 rounds) runs three ways:
   processes, no network): the compute floor;
 * **simulation**: ``flwr run`` on a simulation SuperLink (Ray actors, started once per run),
   as ``fedhet demo`` does (:func:`fedhet.cli.run_simulation`);
-* **deployment**: ``flwr run`` on :class:`fedhet.deploy.LocalFleet`: a SuperLink with TLS,
-  SuperNode authentication and a database, and 3 SuperNodes on 127.0.0.1. Each message starts
-  a fresh ``flwr-clientapp`` process.
+* **deployment**: ``flwr run`` on :class:`fedhet.deploy.local.LocalFleet`: a SuperLink with TLS,
+  SuperNode authentication and a database on 127.0.0.1, the nginx front door, and 3 SuperNodes
+  connected through it (started and stopped by PID with :mod:`fedhet.deploy.processes`). Each
+  message starts a fresh ``flwr-clientapp`` process.
 
 Per round the ServerApp's ``wall-seconds`` and the nodes' ``train-seconds`` come from each
 run's ``metrics.jsonl``. To say where the deployment's time goes, the benchmark also times a
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, markdown_table, run_method, write_result
-from fedhet.deploy import LocalFleet
+from fedhet.deploy.local import LocalFleet
 
 log = logging.getLogger("benchmarks.deployment")
 

@@ -41,7 +41,7 @@ from benchmarks.common import (
     setup,
     write_result,
 )
-from fedhet.core.masks import equal_group_size
+from fedhet.sizes import equal_group_size
 
 log = logging.getLogger("benchmarks.fiarse")
 

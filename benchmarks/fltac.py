@@ -40,7 +40,8 @@ log = logging.getLogger("benchmarks.fltac")
 NUM_CLIENTS = 10
 #: label -> (registered method, method-specific keys)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "FL-TAC (r=1)": ("fltac", {"fltac.rank": 1}),
+    # oracle-eval: the simulation-only evaluator (per-task accuracy, cluster purity)
+    "FL-TAC (r=1)": ("fltac", {"fltac.rank": 1, "fltac.oracle-eval": True}),
     "FedIT (r=16)": ("fedit", {"fedit.rank": 16}),
 }
 
@@ -230,8 +231,9 @@ Adapters only (dense fp32); the backbone is installed on each device and never s
 ## Clustering per round (FL-TAC)
 
 Purity: Hungarian-matched agreement of the server's K-means labels with the true task of each
-slot. The true tasks come from the devices' evaluation replies (a task tag per slot), which only
-this evaluator reads, after the round's clustering; the algorithm never sees them.
+slot. The true tasks come from the simulated devices' evaluation replies (a task tag per slot,
+sent only with `fltac.oracle-eval=true`, which this benchmark sets; never outside simulation),
+which only this evaluator reads, after the round's clustering; the algorithm never sees them.
 
 {
         markdown_table(

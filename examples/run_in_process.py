@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from fedhet.config import default_run_config, parse_run_config
-from fedhet.methods import METHODS, get_method
+from fedhet.config import default_run_config
+from fedhet.methods import METHODS, get_method, parse_run_config
 from fedhet.server.run_dir import RunDir
 from fedhet.sim import LocalGrid, simulated_node_configs
 
@@ -48,11 +48,14 @@ def main() -> None:
     )
     grid = LocalGrid(client_app, simulated_node_configs(args.nodes), raw)
     strategy = entry.strategy_cls(parse_run_config(raw), RunDir(args.output_dir / raw["run-name"]))
-    for row in strategy.start(grid):
+    result = strategy.start(grid)  # Flower's Result: final arrays + per-round metric histories
+    for rnd, train in sorted(result.train_metrics_clientapp.items()):
+        local = dict(result.evaluate_metrics_clientapp.get(rnd, {}))
+        server = dict(result.evaluate_metrics_serverapp.get(rnd, {}))
         print(
-            f"round {row['round']}: local acc {row['eval-accuracy']:.3f}, "
-            f"global acc {row.get('server-accuracy', float('nan')):.3f}, "
-            f"{row['bytes-up'] / 1e6:.2f} MB up"
+            f"round {rnd}: local acc {local.get('eval-accuracy', float('nan')):.3f}, "
+            f"global acc {server.get('server-accuracy', float('nan')):.3f}, "
+            f"{float(train['bytes-up']) / 1e6:.2f} MB up"
         )
     print(f"run folder: {args.output_dir / raw['run-name']}")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,58 +19,26 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
+from fedhet.deploy.flwr_cli import run_log, run_status, submit_run
+from fedhet.deploy.simlink import SimSuperLink
 
-OFFLINE_ENV = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-}
+console = Console()
 
 
 def project_root() -> Path:
+    """The checkout holding the Flower app (``pyproject.toml``, server_app, client_app)."""
     return Path(__file__).resolve().parent.parent
 
 
-def flwr_env(flwr_home: Path | None = None) -> dict[str, str]:
-    """Environment for ``flwr`` commands: offline settings and a project-local FLWR_HOME."""
-    env = dict(os.environ)
-    env.update(OFFLINE_ENV)
-    if flwr_home is not None:
-        env["FLWR_HOME"] = str(flwr_home)
-    env.setdefault("FLWR_HOME", str(project_root() / ".flwr-home"))
-    # flower-superlink starts flower-superexec by name: the venv's scripts must be on PATH
-    bin_dir = str(Path(sys.executable).parent)
-    if bin_dir not in env.get("PATH", "").split(os.pathsep):
-        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def flwr_bin() -> str:
-    candidate = Path(sys.executable).parent / "flwr"
-    return str(candidate) if candidate.exists() else "flwr"
-
-
-def run_status(run_id: int, env: dict[str, str]) -> str:
-    """``status`` of a run from ``flwr ls --format json`` (e.g. ``finished:completed``)."""
-    out = subprocess.run(
-        [flwr_bin(), "ls", "--run-id", str(run_id), "--format", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    data = json.loads(out.stdout or "{}")
-    runs = data.get("runs", [])
-    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+def flwr_home() -> Path:
+    """``$FLWR_HOME``, else ``<project>/.flwr-home`` (never the user's ``~/.flwr``)."""
+    return Path(os.environ.get("FLWR_HOME") or project_root() / ".flwr-home")
 
 
 def wait_for_run(
-    run_id: int, env: dict[str, str], metrics: Path, rounds: int, timeout: float = 3600
+    run_id: int, link: SimSuperLink, metrics: Path, rounds: int, timeout: float = 3600
 ) -> str:
-    """Poll until the run finishes, showing progress from ``metrics.jsonl``."""
+    """Poll ``flwr ls`` until the run finishes, showing progress from ``metrics.jsonl``."""
     deadline = time.time() + timeout
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -88,7 +55,7 @@ def wait_for_run(
                 else 0
             )
             progress.update(task, completed=min(done, rounds))
-            status = run_status(run_id, env)
+            status = run_status(run_id, link.connection, link.flwr_home, link.flwr_home)
             if status.startswith("finished"):
                 progress.update(task, completed=min(done, rounds))
                 return status
@@ -129,45 +96,22 @@ def run_simulation(
     overrides: str, *, nodes: int, run_dir: Path, rounds: int, timeout: float = 3600
 ) -> tuple[str, int | None]:
     """``flwr run`` this app on a fedhet-managed simulation SuperLink; return (status, run id)."""
-    from fedhet.simlink import CONNECTION, SimSuperLink
-
     root = project_root()
-    link = SimSuperLink(Path(flwr_env()["FLWR_HOME"]), num_supernodes=nodes)
-    with link:
-        proc = subprocess.run(
-            [
-                flwr_bin(),
-                "run",
-                str(root),
-                CONNECTION,
-                "--format",
-                "json",
-                *link.federation_config(),
-                "-c",
-                overrides,
-            ],
-            capture_output=True,
-            text=True,
-            env=link.env(),
-            cwd=root,
+    with SimSuperLink(flwr_home(), num_supernodes=nodes) as link:
+        run_id, result = submit_run(
+            root,
+            link.connection,
+            link.flwr_home,
+            overrides,
+            extra_args=link.federation_config(),
             timeout=600,
         )
-        try:
-            run_id = int(json.loads(proc.stdout)["run-id"])
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-            console.print(f"[red]flwr run did not start a run[/]\n{proc.stdout}\n{proc.stderr}")
+        if run_id is None:
+            console.print(f"[red]flwr run did not start a run[/]\n{result.stdout}\n{result.stderr}")
             return "not-started", None
-        status = wait_for_run(run_id, link.env(), run_dir / "metrics.jsonl", rounds, timeout)
+        status = wait_for_run(run_id, link, run_dir / "metrics.jsonl", rounds, timeout)
         if status != "finished:completed":
-            logs = subprocess.run(
-                [flwr_bin(), "log", str(run_id), "--show"],
-                capture_output=True,
-                text=True,
-                env=link.env(),
-                cwd=root,
-                timeout=60,
-            )
-            console.print(logs.stdout[-6000:])
+            console.print(run_log(run_id, link.connection, link.flwr_home, root)[-6000:])
         return status, run_id
 
 
@@ -223,8 +167,8 @@ def cmd_methods(_: argparse.Namespace) -> int:
 
 
 def cmd_profile_costs(args: argparse.Namespace) -> int:
-    """Write a CoCoFL cost table (``python -m fedhet.core.costs`` with the same options)."""
-    from fedhet.core.costs import main as costs_main
+    """Write a CoCoFL cost table (``python -m fedhet.models.cost_tables`` with the same options)."""
+    from fedhet.models.cost_tables import main as costs_main
 
     return costs_main(args.costs_args)
 
@@ -261,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedhet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a local simulation with `flwr run .` and summarise it")
-    demo.add_argument("--method", default="fedavg")
+    demo.add_argument(
+        "--method",
+        default="fedavg",
+        help="a registered method (`fedhet methods`); its default dataset and model are used "
+        "unless --config sets them (default %(default)s)",
+    )
     demo.add_argument("--nodes", type=int, default=10)
     demo.add_argument("--rounds", type=int, default=5)
     demo.add_argument("--steps", type=int, default=20, help="local SGD steps per round")

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import (
     BaseModel,
@@ -25,6 +25,8 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+
+from fedhet.data.catalog import DATASETS, PARTITIONS, DatasetName, PartitionName
 
 
 class ConfigError(ValueError):
@@ -44,8 +46,24 @@ class KebabModel(BaseModel):
     )
 
 
-DATASETS = ("fashion-mnist", "digits", "text-tasks", "synthetic-text")
-PARTITIONS = ("iid", "dirichlet", "balanced-dirichlet", "dirichlet-shards", "pathological")
+#: ``dataset`` / ``model`` value meaning "the chosen method's registered default".
+AUTO = "auto"
+
+__all__ = [
+    "AUTO",
+    "DATASETS",
+    "PARTITIONS",
+    "ConfigError",
+    "KebabModel",
+    "LoraAdapterSettings",
+    "MethodInfo",
+    "RunConfig",
+    "SharedConfig",
+    "default_run_config",
+    "kebab",
+    "parse_run_config",
+    "validate_model",
+]
 
 
 class SharedConfig(KebabModel):
@@ -53,13 +71,15 @@ class SharedConfig(KebabModel):
 
     method: str = Field("fedavg", description="Registered method name, see `fedhet methods`.")
     num_server_rounds: int = Field(3, ge=1, description="Federated rounds.")
-    dataset: Literal["fashion-mnist", "digits", "text-tasks", "synthetic-text"] = Field(
-        "fashion-mnist", description="Simulation/partitioned dataset."
+    dataset: Literal["auto", DatasetName] = Field(
+        "auto", description="Simulation/partitioned dataset ('auto': the method's default)."
     )
-    model: str = Field("cnn_s", description="Model name (see fedhet.models).")
-    partition: Literal[
-        "iid", "dirichlet", "balanced-dirichlet", "dirichlet-shards", "pathological"
-    ] = Field("dirichlet", description="Partitioner for `partition-id` nodes.")
+    model: str = Field(
+        "auto", description="Model name, see `fedhet methods` ('auto': the method's default)."
+    )
+    partition: PartitionName = Field(
+        "dirichlet", description="Partitioner for `partition-id` nodes."
+    )
     dirichlet_alpha: float = Field(0.5, gt=0, description="Dirichlet concentration α.")
     pathological_k: int = Field(2, ge=1, description="Classes per client, pathological split.")
     num_partitions: int = Field(
@@ -198,7 +218,11 @@ class SharedConfig(KebabModel):
 
 
 class RunConfig(BaseModel):
-    """A parsed run config: the shared keys and the chosen method's own settings."""
+    """A parsed run config: the shared keys and the chosen method's own settings.
+
+    ``raw`` is the flat config as given, with ``dataset`` and ``model`` resolved (never ``auto``),
+    so a device that re-parses it and a resumed run see the same values.
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -234,19 +258,74 @@ def validate_model(cls: type[BaseModel], values: Mapping[str, Any], prefix: str,
         ) from None
 
 
-def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
-    """Parse Flower's flat run config.
+class MethodInfo(Protocol):
+    """What the parser needs to know of a registered method (see :mod:`fedhet.methods`).
+
+    The registry hands these to :func:`parse_run_config`, so this module never imports the
+    methods.
+    """
+
+    @property
+    def default_dataset(self) -> str:
+        """Dataset used when the run config says ``dataset = "auto"``."""
+        ...
+
+    @property
+    def default_model(self) -> str:
+        """Model used when the run config says ``model = "auto"``."""
+        ...
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """Datasets the method can train on."""
+        ...
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Models the method can train."""
+        ...
+
+    @property
+    def config_cls(self) -> type[BaseModel]:
+        """The method's settings model (keys ``<method>.<key>``)."""
+        ...
+
+
+def _resolve(shared: SharedConfig, method: str, info: MethodInfo) -> SharedConfig:
+    """Fill ``auto`` dataset/model with the method's defaults; reject what it cannot train."""
+    updates: dict[str, str] = {}
+    for key, default, accepted in (
+        ("dataset", info.default_dataset, info.datasets),
+        ("model", info.default_model, info.models),
+    ):
+        value = getattr(shared, key)
+        if value == AUTO:
+            updates[key] = default
+        elif value not in accepted:
+            raise ConfigError(
+                f"invalid run config: '{key}' = {value!r} does not suit method {method!r}; "
+                f"it accepts: {', '.join(accepted)} (or '{AUTO}' for {default!r})"
+            )
+    if not updates:
+        return shared
+    return shared.model_copy(update=updates)
+
+
+def parse_run_config(raw: Mapping[str, Any], methods: Mapping[str, MethodInfo]) -> RunConfig:
+    """Parse Flower's flat run config against the registered ``methods``.
 
     Every method's table is validated (a typo in any method's keys fails), and the chosen
-    method's settings are returned in :attr:`RunConfig.method`.
+    method's settings are returned in :attr:`RunConfig.method`. ``dataset`` and ``model`` equal
+    to ``auto`` become the chosen method's defaults; an explicit choice the method cannot train
+    fails here, at start. Most callers use :func:`fedhet.methods.parse_run_config`, which passes
+    the registry.
 
     Raises
     ------
     ConfigError
-        On an unknown key, an unknown method, a wrong type or an out-of-range value.
+        On an unknown key, an unknown method, a wrong type, an out-of-range value, or a dataset or
+        model the chosen method does not accept.
     """
-    from fedhet.methods import METHODS, get_method  # late: methods import this module
-
     shared_keys = {kebab(n) for n in SharedConfig.model_fields}
     shared_raw: dict[str, Any] = {}
     tables: dict[str, dict[str, Any]] = {}
@@ -254,7 +333,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     for key, value in raw.items():
         if key in shared_keys:
             shared_raw[key] = value
-        elif "." in key and key.split(".", 1)[0] in METHODS:
+        elif "." in key and key.split(".", 1)[0] in methods:
             prefix, sub = key.split(".", 1)
             tables.setdefault(prefix, {})[sub] = value
         else:
@@ -263,20 +342,22 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(
             f"unknown run-config key(s): {', '.join(repr(k) for k in sorted(unknown))}. "
             f"Shared keys: {', '.join(sorted(shared_keys))}. Method keys are '<method>.<key>' "
-            f"with <method> one of: {', '.join(METHODS)}."
+            f"with <method> one of: {', '.join(methods)}."
         )
     shared = validate_model(SharedConfig, shared_raw, "", "run config")
-    if shared.method not in METHODS:
+    if shared.method not in methods:
         raise ConfigError(
-            f"invalid run config: 'method' = {shared.method!r}; allowed: {', '.join(METHODS)}"
+            f"invalid run config: 'method' = {shared.method!r}; allowed: {', '.join(methods)}"
         )
+    shared = _resolve(shared, shared.method, methods[shared.method])
     parsed: dict[str, BaseModel] = {}
-    for name in METHODS:
+    for name, info in methods.items():
         if name in tables or name == shared.method:
             parsed[name] = validate_model(
-                get_method(name).config_cls, tables.get(name, {}), f"{name}.", f"'{name}' settings"
+                info.config_cls, tables.get(name, {}), f"{name}.", f"'{name}' settings"
             )
-    return RunConfig(shared=shared, method=parsed[shared.method], raw=dict(raw))
+    resolved = {**raw, "dataset": shared.dataset, "model": shared.model}
+    return RunConfig(shared=shared, method=parsed[shared.method], raw=resolved)
 
 
 def default_run_config(**overrides: Any) -> dict[str, Any]:

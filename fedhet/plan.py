@@ -13,22 +13,30 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from fedhet.config import ConfigError, KebabModel, SharedConfig
 from fedhet.core.seeding import rng
-from fedhet.profile import DeviceProfile
+from fedhet.sizes import SizeSource
+
+if TYPE_CHECKING:  # profile.py reads the class names below
+    from fedhet.profile import DeviceProfile
 
 log = logging.getLogger(__name__)
 
-#: Standard simulated fleet (METHODS.md §2; CoCoFL official code): (T, M, D_min, D_max).
+#: Standard simulated fleet (METHODS.md §2; CoCoFL official code): (T, M, D_min, D_max), one row
+#: per class of :data:`DEVICE_CLASSES` except ``custom`` (explicit fractions).
 CLASS_BUDGETS: dict[str, tuple[float, float, float, float]] = {
     "strong": (1.0, 1.0, 1.0, 1.0),
     "medium": (0.66, 0.66, 0.5, 1.0),
     "weak": (0.33, 0.33, 0.5, 1.0),
 }
+#: A device that declares its own fractions instead of a class of the table.
+CUSTOM_CLASS = "custom"
+#: Every device class a node config may declare: the table's classes, then ``custom``.
+DEVICE_CLASSES: tuple[str, ...] = (*CLASS_BUDGETS, CUSTOM_CLASS)
 
 
 class Budget(KebabModel):
@@ -65,8 +73,47 @@ class Budget(KebabModel):
         )
 
 
+class PlanError(ValueError):
+    """A plan that cannot be used: missing, malformed, or knobs of the wrong method."""
+
+
+class Knobs(KebabModel):
+    """Base of a method's per-node knobs (the typed part of a :class:`NodePlan`).
+
+    Each method declares its own subclass in its folder's ``plan.py`` (window choice, size γ,
+    slots …); the server validates the knobs when it plans a node and the client validates them
+    again against the same model when it reads the plan, so both sides agree on one schema.
+    Unknown keys are rejected (``extra="forbid"``, inherited from :class:`KebabModel`).
+    """
+
+
+#: Where a device's submodel size γ came from.
+
+
+class SizeKnobs(Knobs):
+    """Knobs of the submodel-size methods (FIARSE, HeteroFL, FedRolex; METHODS.md §2).
+
+    Attributes
+    ----------
+    gamma : float
+        Submodel size γ, a fraction of all parameters in (0, 1].
+    size_source : {"declared", "equal-groups", "budget"}
+        Where γ came from (run config, partition-id groups, or the device budget).
+    """
+
+    gamma: float = Field(gt=0, le=1)
+    size_source: SizeSource
+
+
+K = TypeVar("K", bound=Knobs)
+
+
 class NodePlan(KebabModel):
-    """The server's plan for one device, sent in its train config as JSON."""
+    """The server's plan for one device, sent as JSON in every message's config (key ``plan``).
+
+    ``knobs`` holds the method's :class:`Knobs` model dumped by alias; :meth:`knobs_as` validates
+    it back into that model. It is the only place a device reads its knobs from.
+    """
 
     node_id: int
     device_id: str
@@ -77,11 +124,49 @@ class NodePlan(KebabModel):
     knobs: dict[str, Any] = Field(default_factory=dict)
 
     def to_json(self) -> str:
+        """The plan as the JSON string carried in a message's config."""
         return self.model_dump_json(by_alias=True)
 
     @classmethod
     def from_json(cls, raw: str) -> NodePlan:
-        return cls.model_validate_json(raw)
+        """Parse :meth:`to_json` output.
+
+        Raises
+        ------
+        PlanError
+            If ``raw`` is not a valid plan.
+        """
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise PlanError(f"malformed plan: {_errors(exc)}") from None
+
+    def knobs_as(self, model: type[K]) -> K:
+        """The knobs validated as ``model``.
+
+        Raises
+        ------
+        PlanError
+            Naming the model and every wrong, missing or unknown knob.
+        """
+        try:
+            return model.model_validate(self.knobs)
+        except ValidationError as exc:
+            raise PlanError(
+                f"plan of device {self.device_id!r}: knobs {self.knobs} do not match "
+                f"{model.__name__}: {_errors(exc)}"
+            ) from None
+
+
+def plan_knobs_of(knobs: Knobs) -> dict[str, Any]:
+    """A :class:`Knobs` model as the JSON-ready dict stored in :attr:`NodePlan.knobs`."""
+    return knobs.model_dump(by_alias=True, mode="json")
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 def fleet_class(fleet: str, partition_id: int | None, num_partitions: int | None) -> str:
@@ -113,9 +198,9 @@ def fleet_class(fleet: str, partition_id: int | None, num_partitions: int | None
                 break
     else:
         raise ConfigError(f"invalid run config: 'fleet' = {fleet!r}: empty table")
-    if cls not in CLASS_BUDGETS and cls != "custom":
+    if cls not in DEVICE_CLASSES:
         raise ConfigError(
-            f"invalid run config: 'fleet' names class {cls!r}; allowed: strong, medium, weak, custom"
+            f"invalid run config: 'fleet' names class {cls!r}; allowed: {', '.join(DEVICE_CLASSES)}"
         )
     return str(cls)
 

@@ -13,16 +13,25 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import psutil
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from fedhet.config import KebabModel, kebab, validate_model
+from fedhet.plan import DEVICE_CLASSES
 
 log = logging.getLogger(__name__)
 
-DEVICE_CLASSES = ("strong", "medium", "weak", "custom")
+
+def _device_class(value: str) -> str:
+    if value not in DEVICE_CLASSES:
+        raise ValueError(f"use one of {', '.join(DEVICE_CLASSES)}")
+    return value
+
+
+#: A device class name, one of :data:`fedhet.plan.DEVICE_CLASSES` (the class table's keys + custom).
+DeviceClass = Annotated[str, AfterValidator(_device_class)]
 
 #: Fastest plausible benchmark step (ms): one fwd+bwd+SGD step of a CNN on a batch cannot be
 #: quicker; a smaller claim is an absurd measurement and the profile is rejected.
@@ -50,7 +59,7 @@ class NodeSettings(KebabModel):
     partition_id: int | None = Field(None, ge=0, description="Partition of the run's dataset.")
     num_partitions: int | None = Field(None, ge=1, description="Number of partitions.")
     device_id: str | None = Field(None, min_length=1, max_length=128, description="Stable id.")
-    device_class: Literal["strong", "medium", "weak", "custom"] | None = None
+    device_class: DeviceClass | None = None
     bandwidth_mbps: float | None = Field(None, gt=0, le=1e6)
     memory_mb: float | None = Field(
         None, gt=0, le=1e8, description="Declared memory available to training (MB, finite)."
@@ -103,7 +112,7 @@ class DeviceProfile(KebabModel):
     model_config = ConfigDict(**{**KebabModel.model_config, **_FINITE})
 
     device_id: str = Field(min_length=1, max_length=128)
-    device_class: Literal["strong", "medium", "weak", "custom"]
+    device_class: DeviceClass
     simulated: bool = False
     partition_id: int | None = Field(None, ge=0)
     num_partitions: int | None = Field(None, ge=1)

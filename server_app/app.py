@@ -7,9 +7,9 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedhet.config import ConfigError, parse_run_config
+from fedhet.config import ConfigError
 from fedhet.logs import setup_logging
-from fedhet.methods import get_method
+from fedhet.methods import get_method, parse_run_config
 from fedhet.server.run_dir import RunDir
 
 app = ServerApp()

@@ -3,6 +3,7 @@
 #   deploy/certs/make-certs.sh --out pki --hosts superlink.plant.lan 10.0.0.5 --nodes 12
 # Later, one more device:   python -m fedhet.deploy keygen --out pki/nodes press-07
 #                           flwr supernode register pki/nodes/press-07.pub <connection> --name press-07
+# (the operator, on the SuperLink host: <connection> is the loopback Control API, 127.0.0.1:9092)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-}"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Local Flower fleet for demos and tests: SuperLink (TLS + SuperNode auth) + N SuperNodes.
+# Local Flower fleet for demos and tests: SuperLink (TLS + SuperNode auth) on 127.0.0.1 behind an
+# nginx front door (devices: Fleet API only) + N SuperNodes connected through the door.
 #   deploy/local/fleet.sh start --nodes 3 [--insecure] [--no-auth] [--state-dir DIR] [--base-port P]
 #   deploy/local/fleet.sh status | add-node | kill-node I | restart-node I | restart-superlink | stop
-# Thin wrapper around `python -m fedhet.deploy` (see fedhet/deploy.py and the README, section "Deploying on a plant").
+# Thin wrapper around `python -m fedhet.deploy` (see fedhet/deploy/ and the README, section
+# "Deploying on a plant"). Needs nginx (Debian nginx-light; `make data` installs it as root).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-}"

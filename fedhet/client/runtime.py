@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from fedhet.config import ConfigError, RunConfig, parse_run_config
+from fedhet.config import ConfigError, RunConfig
 from fedhet.core.codec import as_contiguous
-from fedhet.plan import NodePlan, fleet_class
+from fedhet.methods import parse_run_config
+from fedhet.plan import K, NodePlan, PlanError, fleet_class
 from fedhet.profile import NodeSettings, parse_node_config
 
 log = logging.getLogger("fedhet.client")
@@ -102,7 +103,7 @@ class ClientContext:
     def declared_sizes(self) -> tuple[int, int] | None:
         """``(num_train, num_test)`` of this device's image data, declared in its profile so the
         server can cap the example counts of its replies; ``None`` for text tasks."""
-        from fedhet.data.images import IMAGE_NUM_CLASSES
+        from fedhet.data.catalog import IMAGE_NUM_CLASSES
 
         if self.run.shared.dataset not in IMAGE_NUM_CLASSES:
             return None
@@ -141,8 +142,8 @@ def _client_split(
     from fedhet.data import federated_split
 
     if data_path:
+        from fedhet.data.catalog import IMAGE_NUM_CLASSES
         from fedhet.data.federated import ClientSplit
-        from fedhet.data.images import IMAGE_NUM_CLASSES
         from fedhet.data.user import load_user_data
 
         # labels stay in the run's class space even when this device has fewer classes
@@ -183,8 +184,38 @@ def config_of(msg: Message) -> dict[str, Any]:
     )
 
 
-def plan_of(msg: Message) -> NodePlan:
-    return NodePlan.from_json(str(config_of(msg)["plan"]))
+def plan_of(msg: Message, knobs_model: type[K]) -> tuple[NodePlan, K]:
+    """The node's plan from a message's config and its knobs validated as ``knobs_model``.
+
+    The plan is the only source of a device's knobs: the server validated it against the same
+    model when it planned the node.
+
+    Parameters
+    ----------
+    msg : Message
+        A train or evaluate message.
+    knobs_model : type[Knobs]
+        The method's knobs model (its folder's ``plan.py``).
+
+    Returns
+    -------
+    tuple[NodePlan, Knobs]
+        The plan (budget, participation) and its typed knobs.
+
+    Raises
+    ------
+    PlanError
+        If the config carries no plan, the plan is malformed, or its knobs do not match
+        ``knobs_model`` (wrong method, missing or unknown knobs, out-of-range values).
+    """
+    raw = config_of(msg).get("plan")
+    if raw is None:
+        raise PlanError(
+            f"the {msg.metadata.message_type!r} message carries no 'plan' in its config; "
+            f"expected {knobs_model.__name__} knobs from the server"
+        )
+    plan = NodePlan.from_json(str(raw))
+    return plan, plan.knobs_as(knobs_model)
 
 
 def state_to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -1,64 +1,14 @@
-"""Plain local training and evaluation loops shared by methods (no Flower import)."""
+"""Local training helpers of the device side (no Flower import).
+
+The loops themselves live in :mod:`fedhet.core.training` (the server evaluates with the same
+code); they are re-exported here for the methods' clients.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
-from typing import Any
+from fedhet.core.training import evaluate_model, train_sgd
 
-import torch
-from torch import nn
-
-
-def train_sgd(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    lr: float,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    params: Iterable[nn.Parameter] | None = None,
-) -> dict[str, float]:
-    """One SGD step per batch with a fresh optimiser (METHODS.md §0: never reuse optimiser state).
-
-    Returns ``{"train-loss": mean loss over steps, "train-seconds": wall time, "train-steps": n}``.
-    """
-    model.train()
-    opt = torch.optim.SGD(
-        list(params) if params is not None else model.parameters(),
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-    )
-    start = time.perf_counter()
-    total, steps = 0.0, 0
-    for x, y in batches:
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        total += float(loss.detach())
-        steps += 1
-    return {
-        "train-loss": total / max(steps, 1),
-        "train-seconds": time.perf_counter() - start,
-        "train-steps": float(steps),
-    }
-
-
-@torch.no_grad()
-def evaluate_model(model: nn.Module, data: Any, batch_size: int = 256) -> tuple[int, int, float]:
-    """``(correct, total, summed loss)`` of ``model`` on a TensorData; accuracy = correct / total."""
-    model.eval()
-    correct, total, loss = 0, 0, 0.0
-    for start in range(0, len(data), batch_size):
-        x = data.x[start : start + batch_size]
-        y = data.y[start : start + batch_size]
-        logits = model(x)
-        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        total += int(y.numel())
-    return correct, total, loss
+__all__ = ["evaluate_model", "num_local_steps", "train_sgd"]
 
 
 def num_local_steps(n_examples: int, batch_size: int, local_epochs: int, local_steps: int) -> int:

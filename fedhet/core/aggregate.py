@@ -46,6 +46,12 @@ def weighted_mean(
 ) -> dict[str, np.ndarray]:
     """``plain``: x ← Σ_i w_i x_i / Σ_i w_i; every contributor must hold every tensor.
 
+    The one weighted average of fedhet: FedAvg's sample-weighted mean, FedIT's adapter and head
+    means and FL-TAC's cluster means all call it. Zero weights follow one rule: a contribution of
+    weight 0 adds nothing, and a total weight of 0 is an error, never a silent switch to equal
+    weights. Callers leave out contributions without examples and decide what happens when none
+    is left (the strategies keep the previous global value).
+
     Raises
     ------
     ValueError

@@ -11,17 +11,15 @@ of the same model and batch size, so the full window is ``(1, 1, 1)`` by constru
   window), its counted training memory (see :mod:`fedhet.core.freeze`), and its upload bytes
   (window parameters + buffers), each divided by the full window's value.
 
-``python -m fedhet.core.costs --model cnn_b --batch-size 32`` writes
+``fedhet profile-costs --model cnn_b --batch-size 32`` (:mod:`fedhet.models.cost_tables`) writes
 ``fedhet/models/costs/cnn_b-b32.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -320,58 +318,3 @@ def default_cost_table_path(model_name: str, batch_size: int, generator: str = "
         raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
     suffix = "-analytic" if generator == "analytic" else ""
     return COSTS_DIR / f"{model_name}-b{batch_size}{suffix}.json"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m fedhet.core.costs --model cnn_b --batch-size 32 [--generator ...]``."""
-    from fedhet.models import IMAGE_MODELS, build_model
-
-    parser = argparse.ArgumentParser(
-        prog="python -m fedhet.core.costs", description="Write a CoCoFL cost table (METHODS.md B7)."
-    )
-    parser.add_argument("--model", required=True, choices=IMAGE_MODELS)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--generator", choices=GENERATORS, default="measured")
-    parser.add_argument("--repeats", type=int, default=30, help="timed steps per window")
-    parser.add_argument("--int8-cost", type=float, default=0.5, help="q for --generator analytic")
-    parser.add_argument("--fake-int8", action="store_true", help="measure with fake int8 only")
-    parser.add_argument("--input-shape", type=int, nargs=3, default=(1, 28, 28))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    model = build_model(args.model)
-    if args.generator == "analytic":
-        rows = analytic_cost_table(model, args.input_shape, args.batch_size, args.int8_cost)
-    else:
-        rows = measured_cost_table(
-            model, args.input_shape, args.batch_size, args.repeats, real_int8=not args.fake_int8
-        )
-    meta: dict[str, Any] = {
-        "model": args.model,
-        "batch_size": args.batch_size,
-        "generator": args.generator,
-        "input_shape": list(args.input_shape),
-        "torch_version": torch.__version__,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if args.generator == "analytic":
-        meta["int8_cost"] = args.int8_cost
-    else:
-        meta.update(repeats=args.repeats, real_int8=not args.fake_int8)
-    out = args.out or default_cost_table_path(args.model, args.batch_size, args.generator)
-    save_cost_table(rows, out, meta)
-
-    print(f"{'window':>8} {'time':>7} {'data':>7} {'memory':>7}")
-    for r in rows:
-        print(f"{r.window[0]:>4}-{r.window[1]:<3} {r.time:7.3f} {r.data:7.3f} {r.memory:7.3f}")
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,29 +5,26 @@ Adapter state = LoRA A/B of the target modules plus the classification head, whi
 sorted; that order is used for every flattening, so the K-means input of FL-TAC never silently
 permutes (METHODS.md §4.7).
 
-Multi-slot devices (FL-TAC) keep one backbone with one peft adapter and swap slot states in and
-out with :func:`set_adapter_state`, instead of one named peft adapter per slot. Why: memory and
-the forward graph stay the same whatever the number of slots, FL-TAC and FedIT share one code path,
-and a slot state is exactly what travels on the wire, so nothing can drift between the resident
-copy and the sent one.
+Multi-slot devices (FL-TAC) keep one backbone with one trainable peft adapter and swap slot states
+in and out with :func:`set_adapter_state`, instead of one named peft adapter per slot. Why: memory
+and the forward graph stay the same whatever the number of slots, FL-TAC and FedIT share one code
+path, and a slot state is exactly what travels on the wire, so nothing can drift between the
+resident copy and the sent one. The seeded initial state v⁰ is a second, frozen named adapter
+(:data:`fedhet.models.text.INITIAL_ADAPTER`); every function here takes the adapter name.
+The models themselves are built by :func:`fedhet.models.text.text_lora_model`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import (
-    LoraConfig,
-    PeftModel,
-    get_peft_model,
-    get_peft_model_state_dict,
-    set_peft_model_state_dict,
-)
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -35,71 +32,20 @@ logger = logging.getLogger(__name__)
 _LORA_MARKERS = (".lora_A.", ".lora_B.")
 
 
-def _head_module_names(base: nn.Module) -> list[str]:
-    for name in ("classifier", "score"):
-        if isinstance(getattr(base, name, None), nn.Module):
-            return [name]
-    raise ValueError(
-        f"{type(base).__name__} has no 'classifier' or 'score' head to keep in modules_to_save"
-    )
-
-
-def build_lora_model(
-    base: nn.Module,
-    rank: int,
-    alpha: float,
-    dropout: float,
-    target_modules: list[str],
-    seed: int,
-    adapter_name: str = "default",
-) -> PeftModel:
-    """Wrap a sequence classifier with one LoRA adapter (METHODS.md B8).
-
-    ``get_peft_model(LoraConfig(r, lora_alpha, lora_dropout, target_modules))`` with the head in
-    ``modules_to_save``; the backbone is frozen. LoRA A gets peft's random (Kaiming-uniform)
-    init drawn from ``seed``, B = 0 (FL-TAC §4.2 step 1). ``base`` is modified in place.
-
-    Parameters
-    ----------
-    base : torch.nn.Module
-        A ``*ForSequenceClassification`` model with a ``classifier`` (or ``score``) head.
-    rank, alpha, dropout : int, float, float
-        LoRA rank r, ``lora_alpha`` (scaling alpha/r) and dropout.
-    target_modules : list of str
-        Module names to adapt, e.g. ``["query", "value"]``.
-    seed : int
-        Seed of the LoRA A init; the global torch RNG is left as it was.
-    adapter_name : str
-        peft adapter name.
-
-    Returns
-    -------
-    peft.PeftModel
-    """
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,  # type: ignore[arg-type]  # annotated int; peft scales by alpha / r
-        lora_dropout=dropout,
-        target_modules=list(target_modules),
-        modules_to_save=_head_module_names(base),
-        task_type="SEQ_CLS",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = get_peft_model(base, config, adapter_name=adapter_name)
-    logger.debug("LoRA r=%d on %s: %d trainable", rank, target_modules, count_trainable(model))
-    return model
+def _adapter(peft_model: PeftModel, adapter_name: str | None) -> str:
+    return str(peft_model.active_adapter) if adapter_name is None else adapter_name
 
 
 def get_adapter_state(
-    peft_model: PeftModel, adapter_name: str = "default"
+    peft_model: PeftModel, adapter_name: str | None = None
 ) -> dict[str, torch.Tensor]:
     """Adapter state in canonical form (METHODS.md B8).
 
     Parameters
     ----------
     peft_model : peft.PeftModel
-    adapter_name : str
+    adapter_name : str, optional
+        A named peft adapter; ``None`` is the active one.
 
     Returns
     -------
@@ -107,31 +53,34 @@ def get_adapter_state(
         ``get_peft_model_state_dict(adapter_name=...)`` with keys sorted, tensors detached,
         cloned, on CPU.
     """
-    state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
-    marker = f".{adapter_name}."
-    if any(marker in k for k in state):
-        raise RuntimeError(f"peft left adapter name {adapter_name!r} in state keys")
+    name = _adapter(peft_model, adapter_name)
+    state = get_peft_model_state_dict(peft_model, adapter_name=name)
+    left = re.compile(rf"\.(lora_A|lora_B|modules_to_save)\.{re.escape(name)}\.")
+    if any(left.search(k) for k in state):
+        raise RuntimeError(f"peft left adapter name {name!r} in state keys")
     return {k: state[k].detach().cpu().clone() for k in sorted(state)}
 
 
 def set_adapter_state(
-    peft_model: PeftModel, state: Mapping[str, torch.Tensor], adapter_name: str = "default"
+    peft_model: PeftModel, state: Mapping[str, torch.Tensor], adapter_name: str | None = None
 ) -> None:
-    """Load a canonical adapter state into ``adapter_name`` (METHODS.md B8).
+    """Load a canonical adapter state into a named adapter (METHODS.md B8).
 
     Parameters
     ----------
     peft_model : peft.PeftModel
     state : mapping of str to torch.Tensor
         Exactly the keys and shapes :func:`get_adapter_state` returns for this model.
-    adapter_name : str
+    adapter_name : str, optional
+        A named peft adapter; ``None`` is the active one.
 
     Raises
     ------
     ValueError
         Naming missing keys, unexpected keys and shape mismatches.
     """
-    reference = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+    name = _adapter(peft_model, adapter_name)
+    reference = get_peft_model_state_dict(peft_model, adapter_name=name)
     missing = sorted(set(reference) - set(state))
     unexpected = sorted(set(state) - set(reference))
     mismatched = [
@@ -147,12 +96,12 @@ def set_adapter_state(
     if mismatched:
         problems.append(f"shape mismatch {mismatched}")
     if problems:
-        raise ValueError(f"adapter state for {adapter_name!r}: " + "; ".join(problems))
+        raise ValueError(f"adapter state for {name!r}: " + "; ".join(problems))
     converted = {
         k: torch.as_tensor(v).to(dtype=reference[k].dtype, device=reference[k].device)
         for k, v in state.items()
     }
-    set_peft_model_state_dict(peft_model, converted, adapter_name=adapter_name)
+    set_peft_model_state_dict(peft_model, converted, adapter_name=name)
 
 
 def _is_lora_key(key: str) -> bool:
@@ -304,7 +253,6 @@ def evaluate_adapter(
 
 
 __all__ = [
-    "build_lora_model",
     "count_trainable",
     "evaluate_adapter",
     "flatten_lora",

@@ -225,6 +225,7 @@ class SurrogateMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, tau: float, surrogate: str = "biased") -> Tensor:
+        """x ⊙ 1[|x| >= τ]; saves x and the mask for :meth:`backward`."""
         if surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
         mask = x.abs() >= tau
@@ -235,6 +236,7 @@ class SurrogateMask(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, None, None]:
+        """∂L/∂x̃ ⊙ m, times 1 + 2τ|x|/(|x| + τ)² for the biased surrogate (METHODS.md B4)."""
         (grad,) = grad_outputs
         x, mask = ctx.saved_tensors
         grad_x = grad * mask
@@ -394,48 +396,6 @@ def train_submodel(
     }
 
 
-def parse_size_ladder(text: str) -> tuple[float, ...]:
-    """Parse a comma-separated list of submodel sizes (``"0.015625,0.0625,0.25,1"``).
-
-    Entries may be decimals or fractions (``"1/64"``). Returns the sizes sorted ascending without
-    duplicates; every size must lie in (0, 1].
-    """
-    sizes: set[float] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        num, slash, den = part.partition("/")
-        value = float(num) / float(den) if slash else float(num)
-        if not 0 < value <= 1:
-            raise ValueError(f"submodel size {part!r} is not in (0, 1]")
-        sizes.add(value)
-    if not sizes:
-        raise ValueError(f"no submodel sizes in {text!r}")
-    return tuple(sorted(sizes))
-
-
-def size_from_ladder(ladder: Sequence[float], budget: float) -> float:
-    """Largest ladder size ≤ ``budget``, else the smallest (METHODS.md §2, FIARSE plan row)."""
-    if not ladder:
-        raise ValueError("empty size ladder")
-    fitting = [s for s in ladder if s <= budget * (1 + 1e-9)]
-    return max(fitting) if fitting else min(ladder)
-
-
-def equal_group_size(ladder: Sequence[float], index: int, count: int) -> float:
-    """Size of device ``index`` of ``count`` when the fleet is split into equal groups per size.
-
-    Paper-style assignment (FIARSE, arXiv 2407.19389, §5: "equal groups" of clients per size):
-    device ``i`` gets ``sorted(ladder)[⌊i·L/count⌋]``, so the first ``count/L`` devices hold the
-    smallest size.
-    """
-    if not 0 <= index < count:
-        raise ValueError(f"device index {index} not in [0, {count})")
-    sizes = sorted(ladder)
-    return sizes[index * len(sizes) // count]
-
-
 def cnn_s_mask_spec() -> tuple[list[str], list[str], dict[str, list[str]]]:
     """FIARSE mask layout of ``cnn_s``: ``(maskable, dense, groups)``.
 
@@ -488,15 +448,12 @@ __all__ = [
     "apply_submodel_parametrization",
     "cnn_s_mask_spec",
     "effective_gamma",
-    "equal_group_size",
     "magnitude_thresholds",
     "masked_weight",
     "masks_from_thresholds",
-    "parse_size_ladder",
     "realised_density",
     "remove_submodel_parametrization",
     "select_layers_by_budget",
-    "size_from_ladder",
     "submodel_mask_spec",
     "topk_threshold",
     "train_submodel",

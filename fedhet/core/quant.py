@@ -366,6 +366,8 @@ class WindowedModel(nn.Module):
         self.quant_backward = quant_backward
 
     def forward(self, x: Tensor) -> Tensor:
+        """Front units without autograd (int8 where available), the fp32 window, then the frozen
+        back units with int8 fake-quantised input gradients when ``quant_backward``."""
         with torch.no_grad():
             for unit in self.front:
                 x = unit(x)
@@ -380,6 +382,7 @@ class WindowedModel(nn.Module):
         return x
 
     def train(self, mode: bool = True) -> WindowedModel:
+        """Set the window's training mode; the frozen front and back units stay in eval mode."""
         super().train(mode)
         self.front.eval()
         self.back.eval()

@@ -18,7 +18,8 @@ import numpy as np
 
 from fedhet.data.base import TensorData
 from fedhet.data.images import IMAGE_DATASETS, load_image_dataset
-from fedhet.data.partition import cap_per_client, local_test_indices, partition
+from fedhet.data.local import cap_per_client, local_test_indices
+from fedhet.data.partition import partition
 
 __all__ = ["ClientSplit", "default_cache_dir", "federated_split", "global_test"]
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fedhet.data.base import DatasetUnavailable, TensorData
+from fedhet.data.catalog import IMAGE_DATASETS
 
 __all__ = [
     "FMNIST_MEAN",
@@ -30,10 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-IMAGE_DATASETS = ("fashion-mnist", "digits")
-#: Classes of each image dataset: the class space of a run, also for devices' own data.
-IMAGE_NUM_CLASSES = {"fashion-mnist": 10, "digits": 10}
 
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530

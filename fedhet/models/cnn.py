@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from fedhet.models.catalog import AFM_ARCHS
+
 
 class CNNS(nn.Module):
     """``cnn_s``: two 3x3 conv layers and two FC layers, no norm (421,642 params at width 1).
@@ -152,15 +154,6 @@ class AFMExtractor(nn.Module):
         x = self.pool(torch.relu(self.conv2(x)))
         x = torch.relu(self.fc1(torch.flatten(x, 1)))
         return torch.relu(self.fc2(x))
-
-
-AFM_ARCHS: dict[str, tuple[int, int]] = {
-    "afm_cnn1": (32, 2000),
-    "afm_cnn2": (16, 2000),
-    "afm_cnn3": (32, 1000),
-    "afm_cnn4": (32, 800),
-    "afm_cnn5": (32, 500),
-}
 
 
 class AFMNet(nn.Module):

@@ -2,71 +2,25 @@
 
 FIARSE (top-γ by magnitude), HeteroFL (static width) and FedRolex (rolling width) assign sizes the
 same way (METHODS.md §2, FIARSE row) and report the same per-size metrics (§7.2 step 7), so a
-comparison trains the same parameter budget per device and is scored alike.
+comparison trains the same parameter budget per device and is scored alike. The settings and
+ladder maths live in :mod:`fedhet.sizes` (no Flower), which the methods' configs subclass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from pydantic import Field, field_validator
 
-from fedhet.config import KebabModel, RunConfig
-from fedhet.core.masks import equal_group_size, parse_size_ladder, size_from_ladder
-from fedhet.plan import Budget
+from fedhet.config import RunConfig
+from fedhet.plan import Budget, SizeKnobs, SizeSource
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
 from fedhet.server.strategy import FedhetStrategy
-
-
-def size_key(gamma: float) -> str:
-    """Metric-name suffix of a submodel size (``0.015625`` → ``g0.015625``)."""
-    return f"g{gamma:g}"
-
-
-class SizeLadderConfig(KebabModel):
-    """Size settings shared by the submodel methods.
-
-    Attributes
-    ----------
-    ladder : str
-        Submodel sizes γ as fractions of all parameters, comma-separated (decimals or ``1/64``).
-        Default: FIARSE's four sizes {1/64, 1/16, 1/4, 1} (arXiv 2407.19389 §5; METHODS.md §7.4).
-    gamma : float
-        Declared size for every device (0: not declared); wins over the plan (METHODS.md §2).
-    size_assignment : {"plan", "equal-groups"}
-        ``plan``: largest ladder size ≤ the device budget min(T, M, D_min), else the smallest
-        (METHODS.md §2). ``equal-groups`` (paper-style runs, our choice): simulated devices split by
-        partition id into equal groups, lowest ids smallest; devices without a partition id fall
-        back to ``plan``.
-    server_lr : float
-        Global step η_g of the holder mean (paper: 1.0).
-    eval_every : int
-        Evaluate (devices and global test set) every n rounds and at the last round (default 1).
-    """
-
-    ladder: str = Field("0.015625,0.0625,0.25,1", description="Submodel sizes γ (paper: 4 sizes).")
-    gamma: float = Field(0.0, ge=0, le=1, description="Declared γ for every device (0: plan).")
-    size_assignment: Literal["plan", "equal-groups"] = Field(
-        "plan", description="γ from the device budget, or equal groups by partition id."
-    )
-    server_lr: float = Field(1.0, gt=0, description="Global step η_g.")
-    eval_every: int = Field(1, ge=1, description="Evaluate every n rounds (and the last).")
-
-    @field_validator("ladder")
-    @classmethod
-    def _ladder(cls, v: str) -> str:
-        parse_size_ladder(v)
-        return v
-
-    @property
-    def sizes(self) -> tuple[float, ...]:
-        """The ladder, ascending."""
-        return parse_size_ladder(self.ladder)
+from fedhet.sizes import SizeLadderConfig, size_key
 
 
 class SizedStrategy(FedhetStrategy):
@@ -77,29 +31,22 @@ class SizedStrategy(FedhetStrategy):
     local-test accuracy), METHODS.md §7.2 step 7.
     """
 
+    knobs_model: ClassVar[type[SizeKnobs]] = SizeKnobs
+
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         super().__init__(cfg, run_dir)
         self.size_cfg: SizeLadderConfig = cfg.method_as(SizeLadderConfig)
 
-    def device_size(self, profile: DeviceProfile, budget: Budget) -> tuple[float, str]:
-        """``(γ, source)`` of a device (METHODS.md §2; see :class:`SizeLadderConfig`)."""
-        ladder = self.size_cfg.sizes
-        if self.size_cfg.gamma > 0:
-            return self.size_cfg.gamma, "declared"
-        if (
-            self.size_cfg.size_assignment == "equal-groups"
-            and profile.partition_id is not None
-            and profile.num_partitions
-        ):
-            group = equal_group_size(ladder, profile.partition_id, profile.num_partitions)
-            return group, "equal-groups"
-        return size_from_ladder(ladder, budget.scalar), "budget"
+    def device_size(self, profile: DeviceProfile, budget: Budget) -> tuple[float, SizeSource]:
+        """``(γ, source)`` of a device (METHODS.md §2; see :meth:`SizeLadderConfig.device_size`)."""
+        return self.size_cfg.device_size(
+            budget.scalar, profile.partition_id, profile.num_partitions
+        )
 
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, SizeKnobs, str]:
+        """Every device participates with size γ of :meth:`device_size`."""
         gamma, source = self.device_size(profile, budget)
-        return True, {"gamma": gamma, "size-source": source}, ""
+        return True, self.knobs_model(gamma=gamma, size_source=source), ""
 
     def evaluation_sizes(self) -> tuple[float, ...]:
         """Sizes scored on the global test set (default: the ladder)."""
@@ -118,7 +65,7 @@ class SizedStrategy(FedhetStrategy):
         data = self._global_test()
         if data is None:
             return {}
-        from fedhet.client.training import evaluate_model
+        from fedhet.core.training import evaluate_model
 
         out: dict[str, float] = {}
         for gamma in self.evaluation_sizes():
@@ -138,6 +85,7 @@ class SizedStrategy(FedhetStrategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Evaluate messages only in rounds that :meth:`evaluates`."""
         if not self.evaluates(server_round):
             return []
         return super().configure_evaluate(server_round, arrays, config, grid)

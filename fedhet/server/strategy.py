@@ -1,19 +1,20 @@
 """The base strategy every fedhet method extends (DESIGN.md "One round, as messages").
 
-:class:`FedhetStrategy` is a ``flwr.serverapp.strategy.FedAvg`` subclass. It keeps the Flower hooks
-(``configure_train``, ``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``) and adds
-what a fleet of unequal devices needs:
+:class:`FedhetStrategy` implements Flower's abstract ``flwr.serverapp.strategy.Strategy``
+(``configure_train``, ``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``,
+``summary``) and runs the rounds itself in :meth:`FedhetStrategy.start`, which returns Flower's
+:class:`~flwr.serverapp.strategy.Result`. What a fleet of unequal devices needs lives in one module
+per concern, all under :mod:`fedhet.server`:
 
-* **registration**: before every round, nodes not seen before get a ``query.profile`` message; their
-  :class:`~fedhet.profile.DeviceProfile` becomes a :class:`~fedhet.plan.NodePlan`;
-* **per-node messages**: each sampled node gets its own payload (submodels, windows, adapters);
-* **validation**: every reply is checked (names, shapes, dtypes, finite values, metrics) and a bad
-  one is dropped with a logged reason;
-* **byte ledger**: bytes of every message both ways, per node and round, from what is serialised;
-* **outputs**: ``metrics.jsonl`` per round, ``plans.jsonl``, ``profiles.json`` and checkpoints, and
-  **resume** from the last checkpoint when a run with the same name is started again.
+* :mod:`~fedhet.server.registration`: the profile query, the node table, ``profiles.json``;
+* :mod:`~fedhet.server.ledger`: bytes per node and round, ``metrics.jsonl`` lines, the ``Result``;
+* :mod:`~fedhet.server.evaluation`: pooled federated evaluation, the global test set;
+* :mod:`~fedhet.server.checkpoint`: checkpoints and resume;
+* :mod:`~fedhet.server.validate`: reply checks (a bad reply is dropped with a logged reason).
 
-A method overrides the small hooks below (``train_payload``, ``expected_reply``, ``aggregate`` …)
+Each node gets one typed plan (:class:`~fedhet.plan.NodePlan`, the method's
+:attr:`~FedhetStrategy.knobs_model` as knobs), sent in every message's config. A method overrides
+the small hooks below (``plan_knobs``, ``train_payload``, ``expected_reply``, ``aggregate`` …)
 rather than the Flower hooks; the base class stays the only place that talks to the Grid.
 """
 
@@ -22,137 +23,59 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-import numpy as np
-import torch
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Result, Strategy
 
-from fedhet.config import ConfigError, RunConfig
-from fedhet.core.aggregate import Contribution, weighted_mean
-from fedhet.core.codec import as_contiguous
-from fedhet.core.robust import norm_outliers, robust_aggregate
-from fedhet.core.seeding import derive_seed, rng
-from fedhet.plan import Budget, FleetReference, NodePlan, budget_for, reference_bench_ms
-from fedhet.profile import DeviceProfile, parse_profile
+from fedhet.config import RunConfig
+from fedhet.data.base import TensorData
+from fedhet.plan import NodePlan, budget_for, plan_knobs_of
+from fedhet.profile import DeviceProfile
+from fedhet.server.checkpoint import checkpoint_state, resume_point
+from fedhet.server.evaluation import GlobalTest, pool_eval_replies
+from fedhet.server.hooks import Arrays, ConfigValues, MethodHooks
+from fedhet.server.ledger import (
+    RoundLog,
+    RoundRecord,
+    log_round,
+    record_bytes,
+    result_of,
+    round_record,
+    to_array_record,
+    to_numpy_dict,
+)
+from fedhet.server.registration import (
+    QUERY_PROFILE,
+    REGISTRATION_TIMEOUT_S,
+    Node,
+    NodeTable,
+    log_registration,
+    query_profiles,
+    sample_nodes,
+    wait_for_nodes,
+)
+from fedhet.server.replies import Reply, collect_train_replies
 from fedhet.server.run_dir import RunDir
-from fedhet.server.trust import (
-    IdleWatch,
-    RunFailed,
-    TrustSettings,
-    device_in_use,
-    read_eval_reply,
-    read_train_reply,
-    update_norms,
-)
-from fedhet.server.validate import (
-    ArraySpec,
-    ReplyError,
-    spec_of,
-    validate_arrays,
-)
+
+__all__ = [
+    "QUERY_PROFILE",
+    "REGISTRATION_TIMEOUT_S",
+    "FedhetStrategy",
+    "Node",
+    "Reply",
+    "RoundLog",
+    "record_bytes",
+    "to_array_record",
+    "to_numpy_dict",
+]
 
 log = logging.getLogger("fedhet")
 
-QUERY_PROFILE = "query.profile"
-REGISTRATION_TIMEOUT_S = 120.0
 
-
-@dataclass
-class Node:
-    """A registered device."""
-
-    node_id: int
-    profile: DeviceProfile
-    plan: NodePlan
-
-    @property
-    def device_id(self) -> str:
-        return self.profile.device_id
-
-
-@dataclass
-class Reply:
-    """A validated train reply."""
-
-    node: Node
-    arrays: dict[str, np.ndarray]
-    metrics: dict[str, Any]
-    num_examples: int
-
-
-@dataclass
-class RoundLog:
-    """What one round records for ``metrics.jsonl``."""
-
-    server_round: int
-    started: float = field(default_factory=time.time)
-    nodes: dict[int, dict[str, Any]] = field(default_factory=dict)
-    dropped: list[dict[str, Any]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def node(self, node: Node) -> dict[str, Any]:
-        return self.nodes.setdefault(
-            node.node_id,
-            {
-                "node-id": node.node_id,
-                "device-id": node.device_id,
-                "device-class": node.profile.device_class,
-                "bytes-down": 0,
-                "bytes-up": 0,
-                "payload-bytes-down": 0,
-                "payload-bytes-up": 0,
-                "train-seconds": 0.0,
-                "num-examples": 0,
-                "status": "sampled",
-            },
-        )
-
-    def drop(self, node_id: int, device_id: str | None, stage: str, reason: str) -> None:
-        self.dropped.append(
-            {"node-id": node_id, "device-id": device_id, "stage": stage, "reason": reason}
-        )
-        log.warning(
-            "round %d: dropped %s reply of node %s (%s): %s",
-            self.server_round,
-            stage,
-            node_id,
-            device_id,
-            reason,
-        )
-
-
-def to_numpy_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """ArrayRecord → ``{name: ndarray}``."""
-    return {k: v.numpy() for k, v in record.items()}
-
-
-def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """``{name: ndarray}`` → ArrayRecord (order kept)."""
-    return ArrayRecord(array_dict={k: Array(as_contiguous(v)) for k, v in arrays.items()})
-
-
-def record_bytes(content: RecordDict) -> tuple[int, int]:
-    """``(payload_bytes, message_bytes)`` of a message's content (METHODS.md B1)."""
-    payload = sum(r.count_bytes() for r in content.array_records.values())
-    other = sum(r.count_bytes() for r in content.config_records.values())
-    other += sum(r.count_bytes() for r in content.metric_records.values())
-    return int(payload), int(payload + other)
-
-
-class FedhetStrategy(FedAvg):
+class FedhetStrategy(MethodHooks, Strategy):
     """Base class of fedhet methods. Subclasses set :attr:`name` and override the hooks.
 
     Parameters
@@ -163,245 +86,72 @@ class FedhetStrategy(FedAvg):
         Output folder; ``None`` keeps everything in memory (tests).
     """
 
-    #: Registry name; set by subclasses.
-    name: ClassVar[str] = "base"
     #: The global model is personalised per device (evaluation uses per-device state).
     personalised: ClassVar[bool] = False
-    #: Train replies carry updates (differences), not parameters (for the norm-outlier filter).
-    replies_are_updates: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
-        shared = cfg.shared
-        super().__init__(
-            fraction_train=shared.fraction_train,
-            fraction_evaluate=shared.fraction_evaluate,
-            min_train_nodes=1,
-            min_evaluate_nodes=0 if shared.fraction_evaluate == 0 else 1,
-            min_available_nodes=shared.min_nodes,
-        )
         self.cfg = cfg
-        self.shared = shared
+        self.shared = cfg.shared
         self.mcfg = cfg.method
         self.run_dir = run_dir
-        self.nodes: dict[int, Node] = {}
-        self.rejected: dict[int, str] = {}
-        self.global_arrays: dict[str, np.ndarray] = self.initial_arrays()
+        self.registry = NodeTable()
+        self.global_arrays: Arrays = self.initial_arrays()
         self.totals = {"bytes-down": 0, "bytes-up": 0}
         self.current: RoundLog = RoundLog(0)
+        #: ``metrics.jsonl`` lines of the rounds the last :meth:`start` ran.
+        self.history: list[RoundRecord] = []
         self._sent: dict[str, int] = {}
-        self._server_eval_data: Any = None
-        self._server_eval_disabled = not shared.server_eval
-        self.trust = TrustSettings.from_shared(shared)
-        self.idle = IdleWatch(self.trust.max_idle_rounds)
-        self._sent_train: dict[int, dict[str, np.ndarray]] = {}
-        self._bench_reference: float | None = None
-        self._asked: dict[int, int] = {}
-        if self.trust.aggregation != "mean" and not self.supports_robust_rules():
-            raise ConfigError(
-                f"invalid run config: 'aggregation' = {self.trust.aggregation!r} is not available "
-                f"for method {self.name!r} (its aggregation is method-specific); use 'mean'"
-            )
+        self._test = GlobalTest(self.shared.dataset, self.shared.server_eval)
 
-    # ------------------------------------------------------------------------------------------
-    # Hooks a method overrides
-    # ------------------------------------------------------------------------------------------
-    def initial_arrays(self) -> dict[str, np.ndarray]:
-        """Global arrays at round 0: the run's model, seeded."""
-        from fedhet.models import build_model
+    @property
+    def nodes(self) -> dict[int, Node]:
+        """Registered nodes by node id."""
+        return self.registry.nodes
 
-        torch.manual_seed(derive_seed(self.shared.seed, "init"))
-        model = build_model(self.shared.model)
-        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-
-    def fleet_reference(self) -> FleetReference:
-        """Full-training costs of the run's model that budgets are fractions of.
-
-        The time reference is fixed once for the run (:func:`fedhet.plan.reference_bench_ms`,
-        from the first registration that carries measurements), so budgets do not depend on the
-        order devices register in.
-        """
-        n_bytes = int(sum(a.nbytes for a in self.global_arrays.values()))
-        # weights + gradients + optimiser-free SGD + activations (rough: 4x weights)
-        return FleetReference(n_bytes, 4 * n_bytes, self._bench_reference)
-
-    def supports_robust_rules(self) -> bool:
-        """Whether ``aggregation = trimmed-mean | median`` applies (full-model replies only)."""
-        return type(self).aggregate is FedhetStrategy.aggregate
-
-    def reply_spec(
-        self, node: Node, server_round: int, names: list[str]
-    ) -> tuple[dict[str, ArraySpec], dict[str, int]]:
-        """``(spec, sizes)`` a train reply's arrays are checked against *before* decoding.
-
-        ``names`` are the reply's array names (plain strings, for methods whose allowed names
-        depend on them). Default: :meth:`expected_reply`, no open-length sizes.
-        """
-        return self.expected_reply(node, server_round), {}
-
-    def robust_aggregate(self, server_round: int, replies: list[Reply]) -> None:
-        """``aggregation = trimmed-mean | median`` over full-model replies (unweighted)."""
-        contribs = [Contribution(r.arrays, 1.0) for r in replies]
-        if contribs:
-            self.global_arrays = robust_aggregate(
-                self.trust.aggregation,
-                contribs,
-                self.global_arrays,
-                trim=self.trust.trim_fraction,
-            )
-
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
-        """``(participates, knobs, reason)`` for a newly registered device."""
-        return True, {}, ""
-
-    def train_payload(
-        self, node: Node, server_round: int
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays and extra config sent to ``node`` for training (default: the full global model)."""
-        return self.global_arrays, {}
-
-    def expected_reply(self, node: Node, server_round: int) -> dict[str, ArraySpec]:
-        """Names, shapes and dtypes a train reply of ``node`` must have (default: the global arrays)."""
-        return spec_of(self.global_arrays)
-
-    def validate_reply(
-        self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]
-    ) -> None:
-        """Raise :class:`ReplyError` if a reply cannot be used."""
-        validate_arrays(arrays, self.expected_reply(node, server_round), required=True)
-
-    def aggregate(self, server_round: int, replies: list[Reply]) -> None:
-        """Update :attr:`global_arrays` from validated replies (default: sample-weighted mean)."""
-        contribs = [
-            Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0
-        ]
-        if contribs:
-            self.global_arrays = weighted_mean(contribs, self.global_arrays)
-
-    def eval_payload(
-        self, node: Node, server_round: int
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays and extra config sent to ``node`` for evaluation."""
-        return self.global_arrays, {}
-
-    def server_evaluate(self, server_round: int) -> dict[str, float]:
-        """Server-side metrics on the global test set (default: global model accuracy)."""
-        data = self._global_test()
-        if data is None:
-            return {}
-        from fedhet.client.training import evaluate_model
-        from fedhet.models import build_model
-
-        model = build_model(self.shared.model, num_classes=data.num_classes)
-        model.load_state_dict(
-            {k: torch.from_numpy(np.array(v)) for k, v in self.global_arrays.items()}
-        )
-        correct, total, loss = evaluate_model(model, data, batch_size=256)
-        return {"server-accuracy": correct / max(total, 1), "server-loss": loss / max(total, 1)}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Extra strategy state for checkpoints (method state keyed by device-id)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-
-    def summary(self) -> None:
-        """Log the strategy's settings."""
-        log.info("fedhet method %r (%s)", self.name, type(self).__name__)
-        log.info("  shared: %s", self.shared.model_dump(by_alias=True))
-        log.info("  method: %s", self.mcfg.model_dump(by_alias=True))
+    @property
+    def rejected(self) -> dict[int, str]:
+        """Node ids whose profile was rejected, with the reason."""
+        return self.registry.rejected
 
     # ------------------------------------------------------------------------------------------
     # Registration and plans
     # ------------------------------------------------------------------------------------------
-    def _profile_query_config(self) -> ConfigRecord:
-        return ConfigRecord({"run-name": self.shared.run_name, "fleet": self.shared.fleet})
-
     def register_nodes(self, grid: Grid, server_round: int) -> list[Node]:
-        """Ask every node not seen before for its profile; plan the valid ones."""
-        # a rejected node is asked again once per round (its profile may be fixed by then)
-        unseen = [
-            n
-            for n in grid.get_node_ids()
-            if n not in self.nodes
-            and (n not in self.rejected or self._asked.get(n) != server_round)
-        ]
-        if not unseen:
-            return []
-        for n in unseen:
-            self._asked[n] = server_round
-        msgs = [
-            Message(
-                RecordDict({"config": self._profile_query_config()}),
-                dst_node_id=n,
-                message_type=QUERY_PROFILE,
-            )
-            for n in sorted(unseen)
-        ]
+        """Ask every node not seen before for its profile; plan the valid ones.
+
+        Returns
+        -------
+        list[Node]
+            The nodes registered now (``profiles.json`` is rewritten when anything changed).
+        """
+        query = ConfigRecord({"run-name": self.shared.run_name, "fleet": self.shared.fleet})
         timeout = min(self.shared.round_timeout, REGISTRATION_TIMEOUT_S)
-        replies = list(grid.send_and_receive(msgs, timeout=timeout))
-        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
-        new: list[Node] = []
-        batch: list[tuple[int, DeviceProfile]] = []
-        live = set(grid.get_node_ids())
-        for reply in replies:
-            node_id = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if node_id not in sent.values():
-                continue  # not a node we asked
-            if reply.has_error():
-                log.warning(
-                    "node %s: profile query failed (%s); will ask again next round",
-                    node_id,
-                    reply.error.reason,
-                )
-                continue
-            try:
-                if "profile" not in reply.content.config_records:
-                    raise ConfigError("reply carries no 'profile' record")
-                profile = parse_profile(dict(reply.content.config_records["profile"]))
-                holders = [(nid, n.device_id) for nid, n in self.nodes.items()]
-                holders += [(nid, p.device_id) for nid, p in batch]
-                other = device_in_use(holders, node_id, profile.device_id, live)
-                if other is not None:
-                    raise ConfigError(
-                        f"device-id {profile.device_id!r} is already in use by live node {other}"
-                    )
-            except Exception as exc:  # one bad profile never stops registration
-                self.rejected[node_id] = str(exc)
-                log.error(
-                    "node %s: profile rejected, node left out of planning (asked again next "
-                    "round): %s",
-                    node_id,
-                    exc,
-                )
-                continue
-            batch.append((node_id, profile))
-        if self._bench_reference is None or self.shared.ref_bench_ms:
-            measured = [p.bench_ms for _, p in batch if not p.simulated and p.bench_ms]
-            if measured or self.shared.ref_bench_ms:
-                self._bench_reference = reference_bench_ms(measured, self.shared.ref_bench_ms)
-        for node_id, profile in batch:
-            self.rejected.pop(node_id, None)
-            new.append(self._plan_node(node_id, profile, server_round))
-        answered = {sent.get(r.metadata.reply_to_message_id) for r in replies}
-        for node_id in sorted(set(unseen) - answered):
-            log.warning("node %s: no profile reply within %.0f s; will ask again", node_id, timeout)
+        new = query_profiles(grid, self.registry, query, self._planner(server_round), timeout)
         if new or self.rejected:
-            self._save_profiles()
+            self.registry.save(self.run_dir)
         return new
 
-    def _plan_node(self, node_id: int, profile: DeviceProfile, server_round: int) -> Node:
-        # A device that re-registers under a new node id (restarted insecure SuperNode) keeps its plan.
-        for old_id, old in list(self.nodes.items()):
-            if old.device_id == profile.device_id and old_id != node_id:
-                log.info(
-                    "device %s re-registered: node %s → %s", profile.device_id, old_id, node_id
-                )
-                del self.nodes[old_id]
+    def _planner(self, server_round: int) -> Callable[[int, DeviceProfile], NodePlan]:
+        def plan(node_id: int, profile: DeviceProfile) -> NodePlan:
+            return self.plan_node(node_id, profile, server_round)
+
+        return plan
+
+    def plan_node(self, node_id: int, profile: DeviceProfile, server_round: int) -> NodePlan:
+        """The validated plan of a device: its budget plus the method's typed knobs.
+
+        Raises
+        ------
+        TypeError
+            If :meth:`plan_knobs` returned knobs that are not a :attr:`knobs_model`.
+        """
         budget = budget_for(profile, self.shared, self.fleet_reference())
         participate, knobs, reason = self.plan_knobs(profile, budget)
+        if not isinstance(knobs, self.knobs_model):
+            raise TypeError(
+                f"{type(self).__name__}.plan_knobs returned {type(knobs).__name__}, "
+                f"expected {self.knobs_model.__name__}"
+            )
         plan = NodePlan(
             node_id=node_id,
             device_id=profile.device_id,
@@ -409,77 +159,26 @@ class FedhetStrategy(FedAvg):
             budget=budget,
             participate=participate,
             reason=reason,
-            knobs=knobs,
+            knobs=plan_knobs_of(knobs),
         )
-        node = Node(node_id, profile, plan)
-        self.nodes[node_id] = node
-        log.info(
-            "node %s registered: device %s, class %s, budget T=%.2f M=%.2f D=[%.2f, %.2f]%s",
-            node_id,
-            profile.device_id,
-            profile.device_class,
-            budget.time,
-            budget.memory,
-            budget.upload_min,
-            budget.upload_max,
-            "" if participate else f", excluded: {reason}",
-        )
+        log_registration(Node(node_id, profile, plan))
         if self.run_dir:
             self.run_dir.append_plan({"round": server_round, **json.loads(plan.to_json())})
-        return node
-
-    def _save_profiles(self) -> None:
-        if self.run_dir:
-            self.run_dir.save_profiles(
-                {
-                    "nodes": {str(k): n.profile.to_record() for k, n in self.nodes.items()},
-                    "plans": {str(k): json.loads(n.plan.to_json()) for k, n in self.nodes.items()},
-                    "rejected": {str(k): v for k, v in self.rejected.items()},
-                    "reference-bench-ms": self._bench_reference,
-                }
-            )
-
-    def _restore_profiles(self, live: set[int]) -> None:
-        if not self.run_dir:
-            return
-        data = self.run_dir.load_profiles()
-        ref = data.get("reference-bench-ms")
-        if isinstance(ref, int | float) and ref > 0:
-            self._bench_reference = float(ref)
-        for key, raw in data.get("nodes", {}).items():
-            node_id = int(key)
-            if node_id in live:
-                profile = parse_profile(raw)
-                plan = NodePlan.model_validate(data["plans"][key])
-                self.nodes[node_id] = Node(node_id, profile, plan)
-        if self.nodes:
-            log.info("restored %d registered nodes from profiles.json", len(self.nodes))
+        return plan
 
     # ------------------------------------------------------------------------------------------
     # Sampling and messages
     # ------------------------------------------------------------------------------------------
     def sample(self, grid: Grid, server_round: int, fraction: float, purpose: str) -> list[Node]:
-        """Seeded sample of live, participating, available nodes."""
+        """Seeded sample of live, participating, available nodes (see :func:`sample_nodes`)."""
         live = set(grid.get_node_ids())
-        pool = [
-            n
-            for nid, n in sorted(self.nodes.items())
-            if nid in live
-            and n.plan.participate
-            and rng(self.shared.seed, n.device_id, server_round, "available").random()
-            < n.profile.availability
-        ]
-        if not pool or fraction <= 0:
-            return []
-        k = max(1, min(len(pool), int(len(pool) * fraction)))
-        idx = rng(self.shared.seed, server_round, purpose).choice(len(pool), size=k, replace=False)
-        return [pool[i] for i in sorted(idx)]
+        return sample_nodes(self.nodes, live, self.shared.seed, server_round, fraction, purpose)
 
     def _message(
         self,
         node: Node,
-        arrays: dict[str, np.ndarray],
-        config: dict[str, Any],
+        arrays: Arrays,
+        config: ConfigValues,
         server_round: int,
         message_type: str,
     ) -> Message:
@@ -493,22 +192,19 @@ class FedhetStrategy(FedAvg):
         )
         content = RecordDict({"arrays": to_array_record(arrays), "config": cfg})
         msg = Message(content, dst_node_id=node.node_id, message_type=message_type)
-        payload, total = record_bytes(content)
-        entry = self.current.node(node)
-        entry["bytes-down"] += total
-        entry["payload-bytes-down"] += payload
-        self.totals["bytes-down"] += total
+        self.totals["bytes-down"] += self.current.count(node, content, "down")
         return msg
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """One message per sampled node, with the node's own payload and plan."""
+        """One train message per sampled node, with the node's own payload and plan.
+
+        ``arrays`` is not used: each node's payload comes from :meth:`train_payload`.
+        """
         msgs = []
-        self._sent_train = {}
         for node in self.sample(grid, server_round, self.shared.fraction_train, "train"):
             payload, extra = self.train_payload(node, server_round)
-            self._sent_train[node.node_id] = payload
             msgs.append(
                 self._message(
                     node, payload, {**dict(config), **extra}, server_round, MessageType.TRAIN
@@ -517,6 +213,12 @@ class FedhetStrategy(FedAvg):
             self.current.node(node)["status"] = "sent"
         return msgs
 
+    def _checker(self, server_round: int) -> Callable[[Node, Arrays, dict[str, Any]], None]:
+        def check(node: Node, arrays: Arrays, metrics: dict[str, Any]) -> None:
+            self.validate_reply(node, server_round, arrays, metrics)
+
+        return check
+
     def _reply_node(self, reply: Message) -> Node | None:
         node_id = self._sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         return self.nodes.get(node_id)
@@ -524,124 +226,31 @@ class FedhetStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate every reply, drop bad ones with a logged reason, aggregate the rest."""
-        valid: list[Reply] = []
-        for reply in replies:
-            node = self._reply_node(reply)
-            if node is None:
-                self.current.drop(
-                    reply.metadata.src_node_id, None, "train", "reply from unknown node"
-                )
-                continue
-            entry = self.current.node(node)
-            if reply.has_error():
-                entry["status"] = "error"
-                self.current.drop(
-                    node.node_id,
-                    node.device_id,
-                    "train",
-                    f"error reply (code {reply.error.code}): {reply.error.reason}",
-                )
-                continue
-            try:
-                payload, total = record_bytes(reply.content)
-                entry["bytes-up"] += total
-                entry["payload-bytes-up"] += payload
-                self.totals["bytes-up"] += total
-                names = [str(k) for k in reply.content.array_records.get("arrays", {})]
-                spec, sizes = self.reply_spec(node, server_round, names)
-                checked = read_train_reply(
-                    reply.content,
-                    spec,
-                    sizes=sizes,
-                    declared_examples=node.profile.num_train,
-                    max_reply_bytes=self.trust.max_reply_bytes,
-                    open_length_bytes=self._model_bytes(),
-                )
-                if checked.infeasible:
-                    entry["status"] = "infeasible"
-                    log.info(
-                        "round %d: node %s could not train (infeasible)", server_round, node.node_id
-                    )
-                    continue
-                arrays, metrics, n = checked.arrays, checked.metrics, checked.num_examples
-                self.validate_reply(node, server_round, arrays, metrics)
-            except Exception as exc:  # no exception from one reply escapes the round
-                entry["status"] = "dropped"
-                reason = str(exc) if isinstance(exc, ReplyError) else f"{type(exc).__name__}: {exc}"
-                self.current.drop(node.node_id, node.device_id, "train", reason)
-                continue
-            entry.update(
-                status="trained",
-                **{k: metrics[k] for k in ("train-seconds", "train-loss") if k in metrics},
-            )
-            entry["num-examples"] = n
-            entry.update(
-                {
-                    k: v
-                    for k, v in metrics.items()
-                    if k.startswith("plan-") or k.startswith("measured-")
-                }
-            )
-            valid.append(Reply(node, arrays, metrics, n))
-        for entry in self.current.nodes.values():
-            if entry["status"] == "sent":
-                entry["status"] = "no-reply"
-                self.current.drop(
-                    entry["node-id"], entry["device-id"], "train", "no reply before timeout"
-                )
-        valid = self._drop_outliers(server_round, valid)
+        """Validate every reply, drop bad ones with a logged reason, aggregate the rest.
+
+        Returns
+        -------
+        tuple[ArrayRecord | None, MetricRecord | None]
+            The global arrays after :meth:`aggregate`, and ``num-replies`` plus the
+            sample-weighted ``train-loss``.
+        """
+        valid = collect_train_replies(
+            replies, self._reply_node, self.current, self.totals, self._checker(server_round)
+        )
         if valid:
-            self._guarded_aggregate(server_round, valid)
+            self.aggregate(server_round, valid)
         total_n = sum(r.num_examples for r in valid)
-        metrics_out: dict[str, Any] = {"num-replies": len(valid)}
+        metrics_out: dict[str, int | float | list[int] | list[float]] = {"num-replies": len(valid)}
         if total_n > 0:
             metrics_out["train-loss"] = float(
                 sum(r.num_examples * float(r.metrics["train-loss"]) for r in valid) / total_n
             )
         return to_array_record(self.global_arrays), MetricRecord(metrics_out)
 
-    def _model_bytes(self) -> int:
-        return int(sum(np.asarray(a).nbytes for a in self.global_arrays.values()))
-
-    def _drop_outliers(self, server_round: int, valid: list[Reply]) -> list[Reply]:
-        """Drop updates whose norm is far outside the round's others (``outlier-factor``)."""
-        sent = {} if self.replies_are_updates else self._sent_train
-        norms = update_norms({r.node.node_id: r.arrays for r in valid}, sent)
-        bad = norm_outliers(norms, self.trust.outlier_factor)
-        for r in valid:
-            if r.node.node_id in bad:
-                self.current.node(r.node)["status"] = "dropped"
-                self.current.drop(r.node.node_id, r.node.device_id, "train", bad[r.node.node_id])
-        return [r for r in valid if r.node.node_id not in bad]
-
-    def _guarded_aggregate(self, server_round: int, valid: list[Reply]) -> None:
-        """Aggregate; roll back to the previous global model and method state if not finite."""
-        previous = {k: np.array(v, copy=True) for k, v in self.global_arrays.items()}
-        previous_state = self.state_dict()
-        try:
-            if self.trust.aggregation == "mean":
-                self.aggregate(server_round, valid)
-            else:
-                self.robust_aggregate(server_round, valid)
-            bad = [
-                k
-                for k, v in self.global_arrays.items()
-                if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()
-            ]
-            bad += _non_finite_state(self.state_dict())
-            reason = f"aggregate not finite in {bad[:5]}" if bad else ""
-        except (ValueError, FloatingPointError, ArithmeticError) as exc:
-            reason = f"aggregation failed: {type(exc).__name__}: {exc}"
-        if reason:
-            self.global_arrays = previous
-            self.load_state_dict(previous_state)
-            self.current.extras["rolled-back"] = reason
-            log.error("round %d: %s; kept the previous global model", server_round, reason)
-
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """One evaluate message per sampled node, with :meth:`eval_payload` and the plan."""
         msgs = []
         for node in self.sample(grid, server_round, self.shared.fraction_evaluate, "evaluate"):
             payload, extra = self.eval_payload(node, server_round)
@@ -655,35 +264,11 @@ class FedhetStrategy(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Accuracy = Σ correct / Σ samples over the nodes' local test sets (never a mean of means)."""
-        correct = total = 0
-        loss = 0.0
-        for reply in replies:
-            node = self._reply_node(reply)
-            if node is None or reply.has_error():
-                reason = str(reply.error.reason) if reply.has_error() else "unknown node"
-                # an error reply's sender is the SuperLink: name the node it was meant for
-                node_id = node.node_id if node else reply.metadata.src_node_id
-                self.current.drop(node_id, node.device_id if node else None, "evaluate", reason)
-                continue
-            entry = self.current.node(node)
-            try:
-                _, size = record_bytes(reply.content)
-                entry["bytes-up"] += size
-                self.totals["bytes-up"] += size
-                c, n, lo, m = read_eval_reply(reply.content, node.profile.num_test)
-            except Exception as exc:  # no exception from one reply escapes the round
-                reason = str(exc) if isinstance(exc, ReplyError) else f"{type(exc).__name__}: {exc}"
-                self.current.drop(node.node_id, node.device_id, "evaluate", f"bad reply: {reason}")
-                continue
-            correct, total, loss = correct + c, total + n, loss + lo
-            entry["eval-accuracy"] = c / n if n else None
-            entry.update({k: v for k, v in m.items() if k.startswith("eval-") and k not in entry})
-        if total == 0:
-            return None
-        return MetricRecord(
-            {"eval-accuracy": correct / total, "eval-loss": loss / total, "eval-examples": total}
-        )
+        """Accuracy = Σ correct / Σ samples over the nodes' local test sets (never a mean of means).
+
+        See :func:`fedhet.server.evaluation.pool_eval_replies`.
+        """
+        return pool_eval_replies(replies, self._reply_node, self.current, self.totals)
 
     # ------------------------------------------------------------------------------------------
     # The round loop
@@ -696,78 +281,51 @@ class FedhetStrategy(FedAvg):
         return replies
 
     def _wait_for_nodes(self, grid: Grid, server_round: int) -> None:
-        deadline = time.time() + self.shared.round_timeout
-        while True:
-            self.register_nodes(grid, server_round)
-            live = set(grid.get_node_ids())
-            ready = [n for n in self.nodes if n in live]
-            if len(ready) >= self.shared.min_nodes:
-                return
-            if time.time() > deadline:
-                raise RuntimeError(
-                    f"round {server_round}: only {len(ready)} registered nodes after "
-                    f"{self.shared.round_timeout:.0f} s; 'min-nodes' is {self.shared.min_nodes}"
-                )
-            log.info(
-                "waiting for nodes: %d registered and connected, need %d",
-                len(ready),
-                self.shared.min_nodes,
-            )
-            time.sleep(1.0)
+        wait_for_nodes(
+            grid,
+            lambda: self.register_nodes(grid, server_round),
+            self.registry,
+            self.shared.min_nodes,
+            self.shared.round_timeout,
+            server_round,
+        )
 
-    def _global_test(self) -> Any:
-        if self._server_eval_disabled:
-            return None
-        if self._server_eval_data is None:
-            try:
-                from fedhet.data import global_test
-
-                self._server_eval_data = global_test(self.shared.dataset)
-            except Exception as exc:  # data may live only on the devices in deployment
-                log.warning("server-side evaluation disabled: %s", exc)
-                self._server_eval_disabled = True
-                return None
-        return self._server_eval_data
-
-    def _checkpoint_state(self, server_round: int) -> dict[str, Any]:
-        return {
-            "round": server_round,
-            "method": self.name,
-            "global": {k: torch.from_numpy(np.array(v)) for k, v in self.global_arrays.items()},
-            "strategy": self.state_dict(),
-            "totals": dict(self.totals),
-        }
+    def _global_test(self) -> TensorData | None:
+        return self._test.get()
 
     def resume(self, grid: Grid | None = None) -> int:
-        """Restore the last checkpoint of this run, if any; return the last completed round."""
+        """Restore the last checkpoint of this run, if any.
+
+        Returns
+        -------
+        int
+            The last completed round (0 for a fresh start).
+
+        Raises
+        ------
+        ConfigError
+            If the run folder holds checkpoints of a different config.
+        """
         if self.run_dir is None:
             return 0
-        conflicts = self.run_dir.config_conflicts(self.cfg.raw)
-        if conflicts and self.run_dir.checkpoint_rounds():
-            raise ConfigError(
-                f"run folder {self.run_dir.path} was started with a different config ("
-                + "; ".join(conflicts[:5])
-                + "). Use another 'run-name' to start a new run, or the same config to resume."
-            )
-        self.run_dir.write_config(self.cfg.raw)
-        shapes = {k: tuple(np.shape(v)) for k, v in self.global_arrays.items()}
-        latest = self.run_dir.load_latest_checkpoint(self.name, shapes)
-        if latest is None:
-            # a run that stopped before its first checkpoint starts over: drop its metric lines
-            self.run_dir.truncate_metrics(0)
+        point = resume_point(self.run_dir, self.cfg.raw)
+        if point is None:
             return 0
-        last, state = latest
-        self.global_arrays = {k: v.numpy() for k, v in state["global"].items()}
-        self.load_state_dict(state.get("strategy", {}))
-        self.totals = dict(state.get("totals", self.totals))
-        self.run_dir.truncate_metrics(last)
+        self.global_arrays = point.global_arrays
+        self.load_state_dict(point.strategy_state)
+        self.totals = dict(point.totals or self.totals)
         if grid is not None:
-            self._restore_profiles(set(grid.get_node_ids()))
-        log.info("resumed run %s from checkpoint of round %d", self.run_dir.path.name, last)
-        return last
+            self.registry.restore(self.run_dir, set(grid.get_node_ids()))
+        return point.server_round
 
-    def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
-        """One full round: register, train, aggregate, evaluate, log. Returns the metrics line."""
+    def run_round(self, grid: Grid, server_round: int) -> RoundRecord:
+        """One full round: register, train, aggregate, evaluate, log.
+
+        Returns
+        -------
+        RoundRecord
+            The round's ``metrics.jsonl`` line.
+        """
         self.current = RoundLog(server_round)
         self._wait_for_nodes(grid, server_round)
         base_cfg = ConfigRecord({"server-round": server_round})
@@ -781,39 +339,15 @@ class FedhetStrategy(FedAvg):
         eval_msgs = list(self.configure_evaluate(server_round, ArrayRecord(), base_cfg, grid))
         eval_metrics = self.aggregate_evaluate(server_round, self._send(grid, eval_msgs))
         server_metrics = self.server_evaluate(server_round)
-        return self._round_record(server_round, train_metrics, eval_metrics, server_metrics)
-
-    def _round_record(
-        self,
-        server_round: int,
-        train: MetricRecord | None,
-        evaluation: MetricRecord | None,
-        server: dict[str, float],
-    ) -> dict[str, Any]:
-        nodes = sorted(self.current.nodes.values(), key=lambda e: e["node-id"])
-        down = sum(e["bytes-down"] for e in nodes)
-        up = sum(e["bytes-up"] for e in nodes)
-        record: dict[str, Any] = {
-            "round": server_round,
-            "method": self.name,
-            "run-name": self.shared.run_name,
-            "wall-seconds": round(time.time() - self.current.started, 3),
-            "bytes-down": down,
-            "bytes-up": up,
-            "payload-bytes-down": sum(e["payload-bytes-down"] for e in nodes),
-            "payload-bytes-up": sum(e["payload-bytes-up"] for e in nodes),
-            "cum-bytes-down": self.totals["bytes-down"],
-            "cum-bytes-up": self.totals["bytes-up"],
-            "train-loss": (dict(train) if train else {}).get("train-loss"),
-            "eval-accuracy": (dict(evaluation) if evaluation else {}).get("eval-accuracy"),
-            "eval-loss": (dict(evaluation) if evaluation else {}).get("eval-loss"),
-            "num-trained": sum(1 for e in nodes if e["status"] == "trained"),
-            "dropped": self.current.dropped,
-            "nodes": nodes,
-            **server,
-            **self.current.extras,
-        }
-        return record
+        return round_record(
+            self.current,
+            method=self.name,
+            run_name=self.shared.run_name,
+            totals=self.totals,
+            train=dict(train_metrics) if train_metrics else {},
+            evaluation=dict(eval_metrics) if eval_metrics else {},
+            server=server_metrics,
+        )
 
     def start(
         self,
@@ -823,81 +357,64 @@ class FedhetStrategy(FedAvg):
         timeout: float | None = None,
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Any = None,
-    ) -> Any:
-        """Run (or resume) the whole federation; returns the list of per-round metric lines."""
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run (or resume) the whole federation.
+
+        Parameters
+        ----------
+        grid : Grid
+            Where the nodes are.
+        initial_arrays : ArrayRecord, optional
+            Replaces :meth:`initial_arrays` (a resumed run's checkpoint still wins).
+        num_rounds : int, optional
+            Last round to run (default: ``num-server-rounds``).
+        timeout : float, optional
+            Not used: replies are awaited for ``round-timeout`` seconds (run config).
+        train_config, evaluate_config : ConfigRecord, optional
+            Not used: every message's config comes from the method's hooks and the node's plan.
+        evaluate_fn : callable, optional
+            Not supported: server-side evaluation is the method's :meth:`server_evaluate`.
+
+        Returns
+        -------
+        Result
+            Final global arrays and, per round run by this call, the train metrics (loss, bytes,
+            method extras), the pooled device evaluation and the server-side evaluation. The
+            full per-node lines are in :attr:`history` and ``metrics.jsonl``.
+
+        Raises
+        ------
+        ValueError
+            If ``train_config``, ``evaluate_config`` or ``evaluate_fn`` is given.
+        """
+        if train_config or evaluate_config or evaluate_fn is not None:
+            raise ValueError(
+                "FedhetStrategy.start takes no train_config, evaluate_config or evaluate_fn: "
+                "messages are built by the method's hooks, server evaluation by server_evaluate"
+            )
         num_rounds = num_rounds or self.shared.num_server_rounds
         self.summary()
         if initial_arrays is not None and len(initial_arrays):
             self.global_arrays = to_numpy_dict(initial_arrays)
-        if self.run_dir:
-            self.run_dir.lock()  # a second server with the same run name fails here
-        try:
-            return self._start(grid, num_rounds)
-        finally:
-            if self.run_dir:
-                self.run_dir.unlock()
-
-    def _start(self, grid: Grid, num_rounds: int) -> list[dict[str, Any]]:
         last = self.resume(grid)
-        history = []
+        self.history = []
         t0 = time.time()
         for server_round in range(last + 1, num_rounds + 1):
             record = self.run_round(grid, server_round)
-            failed = self.idle.observe(server_round, record["num-trained"])
-            if failed:
-                record["run-failed"] = failed
-            history.append(record)
+            self.history.append(record)
             if self.run_dir:
                 self.run_dir.append_metrics(record)
-                if failed:
-                    log.error("run %s failed: %s", self.shared.run_name, failed)
-                    raise RunFailed(failed)
                 if server_round % self.shared.checkpoint_every == 0 or server_round == num_rounds:
-                    self.run_dir.save_checkpoint(server_round, self._checkpoint_state(server_round))
-            elif failed:
-                raise RunFailed(failed)
-            elapsed = time.time() - t0
+                    state = checkpoint_state(
+                        server_round, self.name, self.global_arrays, self.state_dict(), self.totals
+                    )
+                    self.run_dir.save_checkpoint(server_round, state)
             done = server_round - last
-            eta = elapsed / done * (num_rounds - server_round)
-            acc = record.get("eval-accuracy")
-            sacc = record.get("server-accuracy")
-            log.info(
-                "[round %d/%d] %s trained=%d dropped=%d loss=%s acc(local)=%s acc(global)=%s "
-                "up=%.2f MB down=%.2f MB  %.1fs, eta %.0fs",
-                server_round,
-                num_rounds,
-                self.name,
-                record["num-trained"],
-                len(record["dropped"]),
-                _fmt(record["train-loss"]),
-                _fmt(acc),
-                _fmt(sacc),
-                record["bytes-up"] / 1e6,
-                record["bytes-down"] / 1e6,
-                record["wall-seconds"],
-                eta,
-            )
+            log_round(record, num_rounds, (time.time() - t0) / done * (num_rounds - server_round))
         if last >= num_rounds:
             log.info(
                 "run %s already completed %d rounds; nothing to do", self.shared.run_name, last
             )
-        self._save_profiles()
-        return history
-
-
-def _non_finite_state(state: Any, path: str = "strategy") -> list[str]:
-    """Paths of non-finite float tensors/arrays inside a method's :meth:`state_dict`."""
-    if isinstance(state, dict):
-        return [p for k, v in state.items() for p in _non_finite_state(v, f"{path}/{k}")]
-    if isinstance(state, list | tuple):
-        return [p for i, v in enumerate(state) for p in _non_finite_state(v, f"{path}/{i}")]
-    if isinstance(state, torch.Tensor) and state.is_floating_point():
-        return [] if bool(torch.isfinite(state).all()) else [path]
-    if isinstance(state, np.ndarray) and np.issubdtype(state.dtype, np.floating):
-        return [] if np.isfinite(state).all() else [path]
-    return []
-
-
-def _fmt(x: Any) -> str:
-    return "-" if x is None else f"{x:.4f}"
+        self.registry.save(self.run_dir)
+        return result_of(self.history, self.global_arrays)

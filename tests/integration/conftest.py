@@ -1,7 +1,8 @@
 """Fixtures for the real deployments on 127.0.0.1 (``deployment`` tests).
 
 ``fleet`` is module-scoped: each test module that uses it gets its own SuperLink (TLS, SuperNode
-authentication, SQLite database) and three SuperNodes on free ports, started with
+authentication, SQLite database) listening on loopback behind the nginx front door, and three
+SuperNodes connected through the door, on free ports, started with
 ``num-partitions=4`` so that a fourth node added with :meth:`LocalFleet.add_node` gets partition
 3. Every process the fleet started is stopped by PID at teardown, also when a test fails, and
 the teardown fails the module if one is still alive.
@@ -13,7 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from fedhet.deploy import LocalFleet, console_script
+from fedhet.deploy.frontdoor import NGINX_PACKAGE, find_nginx
+from fedhet.deploy.local import LocalFleet
+from fedhet.deploy.processes import console_script
 
 #: SuperNodes the ``fleet`` fixture starts.
 NUM_NODES = 3
@@ -33,7 +36,7 @@ def have_flower_binaries() -> bool:  # the fixture skips without them
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
-    """SuperLink (TLS, node auth, database) + 3 SuperNodes on 127.0.0.1, free ports.
+    """SuperLink (TLS, node auth, database, loopback), front door + 3 SuperNodes, free ports.
 
     The processes inherit a ``HOME`` and ``XDG_CACHE_HOME`` inside pytest's base temp folder
     (the same ones the autouse ``_isolated_cache`` fixture sets), so ClientApp caches never
@@ -41,6 +44,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     """
     if not have_flower_binaries():
         pytest.skip("flwr CLIs not installed")
+    if find_nginx() is None:
+        pytest.skip(
+            f"nginx not installed: the fleet's front door needs Debian's {NGINX_PACKAGE} "
+            "(`make data` installs it as root)"
+        )
     base = tmp_path_factory.getbasetemp()
     state_dir = tmp_path_factory.mktemp("fleet")
     local = LocalFleet(state_dir)

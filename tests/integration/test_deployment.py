@@ -1,9 +1,14 @@
 """End to end on a real deployment: ``flwr run`` of fedavg on a TLS + auth fleet on 127.0.0.1.
 
 The module's ``fleet`` (tests/integration/conftest.py) is a SuperLink with TLS, SuperNode
-authentication and a database, and SuperNodes ``node-0..2`` (``num-partitions=4``). The tests
-run in file order on it:
+authentication and a database, listening on 127.0.0.1 only behind the nginx front door, and
+SuperNodes ``node-0..2`` (``num-partitions=4``) connected through the door. The tests run in
+file order on it:
 
+0. **Trust boundary.** An outsider holding only ``ca.pem`` points the ``flwr`` CLI at the
+   device-facing address: ``flwr supernode register``, ``flwr ls`` and ``flwr run`` all fail
+   (403 from the front door) and nothing was registered or started; the operator's own
+   loopback connection on the server host works.
 1. **Membership.** A 3-round run is submitted with ``flwr run``. Once round 1's devices are
    registered, ``node-3`` (registered key) and ``node-4`` (a key the SuperLink does not know)
    are started; as soon as round 1 is in ``metrics.jsonl``, ``node-1`` is SIGKILLed (a power
@@ -29,13 +34,18 @@ double the run time; evaluation error replies are covered in tests/methods/test_
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from fedhet.deploy import LocalFleet, NodeRecord
+from fedhet.deploy.fleet import NodeRecord
+from fedhet.deploy.flwr_cli import last_json_object, run_flwr, submit_run, write_flower_config
+from fedhet.deploy.local import LocalFleet
+from fedhet.deploy.pki import write_node_key
 
 pytestmark = [pytest.mark.deployment, pytest.mark.integration, pytest.mark.slow]
 
@@ -103,6 +113,43 @@ def wait_for_lines(
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``output-dir`` of the runs (the ServerApp writes ``<output-dir>/<run-name>/``)."""
     return tmp_path_factory.mktemp("runs")
+
+
+@pytest.mark.timeout(240)
+def test_outsider_with_only_the_ca_cannot_register_list_or_run(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    assert fleet.root_certificates is not None
+    # The outsider: ca.pem (handed to every device) and the device-facing address, nothing else.
+    home = tmp_path / "outsider-home"
+    write_flower_config(home, "plant", fleet.address, fleet.root_certificates)
+    _, own_key = write_node_key(tmp_path / "outsider-keys", "intruder")
+
+    register = run_flwr(
+        ["supernode", "register", str(own_key), "plant", "--format", "json"], home, tmp_path
+    )
+    listing = run_flwr(["ls", "plant", "--format", "json"], home, tmp_path)
+    run_id, submitted = submit_run(REPO, "plant", home, "num-server-rounds=1", timeout=180.0)
+    for what, result in [("register", register), ("ls", listing), ("run", submitted)]:
+        payload = last_json_object(result.stdout)
+        assert payload.get("success") is False, (what, result.stdout, result.stderr)
+        assert "403 Forbidden" in str(payload.get("error-message")), (what, result.stdout)
+    assert run_id is None
+
+    # The door itself: Fleet API and health pass, Control and Runtime APIs are refused.
+    trust = ssl.create_default_context(cafile=str(fleet.root_certificates))
+    with httpx.Client(verify=trust, timeout=10.0) as client:
+        base = f"https://{fleet.address}"
+        assert client.get(f"{base}/health").status_code == 200
+        for path in ("/v1/control/list-runs", "/v1/runtime/acquire-task", "/docs"):
+            assert client.post(f"{base}{path}").status_code == 403, path
+
+    # The operator, on the server host, uses the loopback Control API: it works, and it sees
+    # that the outsider neither registered a key nor started a run.
+    runs = last_json_object(fleet.flwr(["ls", fleet.connection_name, "--format", "json"]).stdout)
+    assert runs["success"] is True and runs["runs"] == []
+    listed = {int(node["node-id"]) for node in fleet.list_nodes()}
+    assert listed == {n.node_id for n in fleet.nodes if n.node_id is not None}
 
 
 #: What the membership test leaves for the restart test.

@@ -1,7 +1,7 @@
 """One real `flwr run .` simulation, its status read from `flwr ls --format json`.
 
 `flwr run` exits 0 even when the run failed, so the status is the check. The SuperLink is started
-by fedhet (fedhet.simlink) on free loopback ports and stopped by PID.
+by fedhet (fedhet.deploy.simlink) on free loopback ports and stopped by PID.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
-"""A real Flower deployment on 127.0.0.1: SuperLink (TLS + SuperNode auth) and SuperNodes.
+"""A real Flower deployment on 127.0.0.1: SuperLink (TLS + SuperNode auth) on loopback behind the
+nginx front door, and SuperNodes connected through the door.
 
-The certificate tests run in milliseconds and are always collected. The fleet tests start real
-``flower-superlink`` / ``flower-supernode`` processes (marked ``deployment`` and
-``integration``); they share one module-scoped fleet and run in file order:
+The small tests run in milliseconds and are always collected (the PKI has its own unit tests in
+tests/unit/test_pki.py, the front door's rules in tests/unit/test_frontdoor.py). The fleet tests
+start real ``flower-superlink`` / ``nginx`` / ``flower-supernode`` processes (marked
+``deployment`` and ``integration``); they share one module-scoped fleet and run in file order:
 connect -> kill a node -> an unregistered node is refused -> restart the SuperLink on its
 database (the killed node ends up offline, the others reconnect) -> stop.
 
-Reuse: the ``fleet`` fixture of ``tests/integration/conftest.py`` (or :func:`fedhet.deploy.local_fleet`) gives a started
-:class:`fedhet.deploy.LocalFleet`; run an app with
+Reuse: the ``fleet`` fixture of ``tests/integration/conftest.py`` (or
+:func:`fedhet.deploy.local_fleet`) gives a started :class:`fedhet.deploy.LocalFleet`; run an app with
 ``fleet.flwr(["run", str(app_dir), fleet.connection_name, "--format", "json"], cwd=app_dir)``
 and check it with ``fleet.flwr(["ls", fleet.connection_name, "--format", "json"])``.
 
@@ -17,27 +19,16 @@ heartbeat expires (2 x 30 s after its last heartbeat); a SIGTERMed one deactivat
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import signal
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from fedhet.deploy import (
-    FleetError,
-    LocalFleet,
-    ProcessRecord,
-    main,
-    node_config_string,
-    terminate,
-    write_pki,
-)
+from fedhet.deploy.fleet import FleetState, node_config_string
+from fedhet.deploy.local import LocalFleet
+from fedhet.deploy.processes import FleetError
 
 #: SuperNodes the ``fleet`` fixture (tests/integration/conftest.py) starts.
 NUM_NODES = 3
@@ -46,54 +37,8 @@ OFFLINE_AFTER_KILL_S = 90.0
 
 
 # ---------------------------------------------------------------------------------------------
-# Certificates and keys (fast, no processes)
+# Fast, no processes
 # ---------------------------------------------------------------------------------------------
-
-
-def test_pki_server_certificate_chain_and_sans(tmp_path: Path) -> None:
-    paths = write_pki(tmp_path / "pki", ["superlink.plant.lan", "10.0.0.5"], ["press-1"])
-    ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
-    server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
-    server.verify_directly_issued_by(ca)
-    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(sans.get_values_for_type(x509.DNSName)) == {"superlink.plant.lan", "localhost"}
-    assert set(sans.get_values_for_type(x509.IPAddress)) == {
-        ipaddress.ip_address("10.0.0.5"),
-        ipaddress.ip_address("127.0.0.1"),
-    }
-    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    assert oct(paths.ca_key.stat().st_mode & 0o777) == "0o600"
-
-
-def test_node_keys_are_what_flower_accepts(tmp_path: Path) -> None:
-    from flwr.cli.supernode.register import try_load_public_key
-
-    paths = write_pki(tmp_path / "pki", ["127.0.0.1"], ["node-0", "node-1"])
-    private_path, public_path = paths.node_keys["node-0"]
-    private = load_ssh_private_key(private_path.read_bytes(), None)  # as flower-supernode does
-    assert isinstance(private, ec.EllipticCurvePrivateKey)
-    assert private.curve.name == "secp384r1"
-    assert try_load_public_key(public_path)  # as `flwr supernode register` does
-    assert public_path.read_bytes() != paths.node_keys["node-1"][1].read_bytes()
-
-
-def test_pki_rerun_keeps_ca_and_adds_nodes(tmp_path: Path) -> None:
-    first = write_pki(tmp_path, ["127.0.0.1"], ["node-0"])
-    ca_before, key_before = first.ca_cert.read_bytes(), first.node_keys["node-0"][1].read_bytes()
-    second = write_pki(tmp_path, ["127.0.0.1"], ["node-0", "node-1"])
-    assert second.ca_cert.read_bytes() == ca_before
-    assert second.node_keys["node-0"][1].read_bytes() == key_before
-    assert second.node_keys["node-1"][1].exists()
-
-
-def test_certs_command(tmp_path: Path) -> None:
-    assert main(["certs", "--out", str(tmp_path), "--hosts", "link.lan", "--nodes", "2"]) == 0
-    assert sorted(p.name for p in (tmp_path / "nodes").iterdir()) == [
-        "node-0.key",
-        "node-0.pub",
-        "node-1.key",
-        "node-1.pub",
-    ]
 
 
 def test_node_config_profiles_cycle() -> None:
@@ -111,13 +56,21 @@ def test_load_without_state_fails_clearly(tmp_path: Path) -> None:
         LocalFleet.load(tmp_path)
 
 
-def test_terminate_skips_recycled_pid() -> None:
-    """A record whose start time does not match the live PID must never be signalled."""
-    me = psutil.Process()
-    stale = ProcessRecord(me.pid, me.create_time() - 100.0, ["x"], "/dev/null")
-    assert not stale.is_alive()
-    terminate([stale], signal.SIGKILL)  # would kill pytest itself if it did not check
-    assert me.is_running()
+def test_fleet_json_round_trip_keeps_addresses(tmp_path: Path) -> None:
+    state = FleetState(tmp_path, base_port=20000)
+    assert (state.address, state.superlink_address) == ("127.0.0.1:20000", "127.0.0.1:20001")
+    state.num_partitions = 3
+    state.save()
+    raw = json.loads(state.state_file.read_text())
+    assert raw["address"] == "127.0.0.1:20000"  # what devices connect to: the front door
+    assert raw["root_certificates"] == str(tmp_path.resolve() / "pki" / "ca.pem")
+    assert raw["flwr_home"] == str(tmp_path.resolve() / "flwr-home")
+    assert raw["connection_name"] == "fedhet-local"
+    loaded = LocalFleet.load(tmp_path)
+    assert (loaded.address, loaded.superlink_address) == (state.address, state.superlink_address)
+    # Without a front door the SuperLink itself is what devices reach (development only).
+    bare = FleetState(tmp_path, base_port=20000, front_door=False)
+    assert bare.superlink_address == bare.address == "127.0.0.1:20000"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,18 +91,27 @@ def _registered_alive_ids(fleet: LocalFleet) -> set[int]:
 @pytest.mark.timeout(240)
 def test_nodes_connect_with_tls_and_auth(fleet: LocalFleet) -> None:
     assert not fleet.insecure and fleet.auth
-    assert "--enable-supernode-auth" in (fleet.superlink.command if fleet.superlink else [])
+    assert fleet.superlink is not None
+    assert "--enable-supernode-auth" in fleet.superlink.command
     expected = _registered_alive_ids(fleet)
     assert len(expected) == NUM_NODES
     assert fleet.wait_for_nodes(NUM_NODES, timeout=60.0) == expected
 
+    # Devices reach the front door; the SuperLink listens on loopback only.
+    assert fleet.front_door and fleet.frontdoor is not None and fleet.frontdoor.is_alive()
+    assert fleet.superlink_address == f"127.0.0.1:{fleet.superlink_port}" != fleet.address
+    assert fleet.superlink.command[fleet.superlink.command.index("--host") + 1] == "127.0.0.1"
+    assert all(n.process is not None and fleet.address in n.process.command for n in fleet.nodes)
     state = json.loads(fleet.state_file.read_text())
     assert state["address"] == fleet.address
+    assert state["superlink_address"] == fleet.superlink_address
     assert [n["process"]["pid"] for n in state["nodes"]] == [
         n.process.pid for n in fleet.nodes if n.process
     ]
-    assert 'root-certificates = "' in (fleet.flwr_home / "config.toml").read_text()
-    # The Control API answers over TLS with the generated CA: what `flwr run` uses.
+    config = (fleet.flwr_home / "config.toml").read_text()
+    assert 'root-certificates = "' in config
+    assert f'address = "{fleet.superlink_address}"' in config
+    # The operator's Control API answers over TLS with the generated CA: what `flwr run` uses.
     runs = fleet.flwr(["ls", fleet.connection_name, "--format", "json"])
     assert json.loads(runs.stdout[runs.stdout.index("{") :])["success"] is True
 

@@ -18,20 +18,17 @@ import torch
 from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 
 from fedhet.client.runtime import ClientContext
-from fedhet.config import default_run_config, parse_run_config
+from fedhet.config import default_run_config
 from fedhet.core.costs import WindowCost, load_cost_table
 from fedhet.core.quant import window_state_keys
-from fedhet.methods import get_method
+from fedhet.methods import get_method, parse_run_config
 from fedhet.methods.cocofl import client as cocofl_client
 from fedhet.methods.cocofl.config import CoCoFLConfig, parse_window, step_lr
-from fedhet.methods.cocofl.strategy import (
-    CoCoFLStrategy,
-    choose_window,
-    window_cost_table,
-    window_options,
-)
+from fedhet.methods.cocofl.plan import CoCoFLKnobs
+from fedhet.methods.cocofl.strategy import CoCoFLStrategy
+from fedhet.methods.cocofl.windows import choose_window, window_cost_table, window_options
 from fedhet.models import build_model
-from fedhet.plan import Budget, NodePlan
+from fedhet.plan import Budget, NodePlan, PlanError
 from fedhet.profile import DeviceProfile
 from fedhet.server.strategy import Node, Reply, to_array_record
 from fedhet.sim import LocalGrid, simulated_node_configs
@@ -77,7 +74,8 @@ def run_grid(
 
     grid.corrupt = capture
     strategy = get_method("cocofl").strategy_cls(parse_run_config(raw), None)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     return strategy, grid, history, replies
 
 
@@ -113,17 +111,17 @@ def test_window_options_and_choice_on_a_hand_made_table() -> None:
     cfg = CoCoFLConfig()
     weak = Budget(time=0.45, memory=0.45, upload_min=0.5, upload_max=1.0)
     # D_t = 0.6: (1, 2) needs 0.8 → out; (1, 1) and (2, 2) stay (nothing contains them).
-    assert [r.window for r in window_options(HAND_TABLE, weak, 0.6, cfg)] == [(1, 1), (2, 2)]
+    assert [r.window for r in window_options(HAND_TABLE, weak, 0.6)] == [(1, 1), (2, 2)]
     # D_t = 0.9: (1, 2) fits and contains (1, 1) and (2, 2).
-    assert [r.window for r in window_options(HAND_TABLE, weak, 0.9, cfg)] == [(1, 2)]
+    assert [r.window for r in window_options(HAND_TABLE, weak, 0.9)] == [(1, 2)]
     full = Budget(time=1, memory=1, upload_min=1, upload_max=1)
-    assert [r.window for r in window_options(HAND_TABLE, full, 1.0, cfg)] == [(0, 2)]
+    assert [r.window for r in window_options(HAND_TABLE, full, 1.0)] == [(0, 2)]
     tiny = Budget(time=0.1, memory=1, upload_min=1, upload_max=1)
-    assert window_options(HAND_TABLE, tiny, 1.0, cfg) == []
-    forced = CoCoFLConfig(force_window="0,1")
+    assert window_options(HAND_TABLE, tiny, 1.0, cfg.forced_window) == []
+    forced = CoCoFLConfig(force_window="0,1").forced_window
     assert [r.window for r in window_options(HAND_TABLE, tiny, 1.0, forced)] == [(0, 1)]
 
-    options = window_options(HAND_TABLE, weak, 0.6, cfg)
+    options = window_options(HAND_TABLE, weak, 0.6)
     picks = [choose_window(options, "random", 0, "dev", t).window for t in range(1, 41)]
     assert picks == [choose_window(options, "random", 0, "dev", t).window for t in range(1, 41)]
     assert set(picks) == {(1, 1), (2, 2)}  # both maximal windows get drawn
@@ -154,7 +152,7 @@ def test_plan_excludes_a_device_no_window_fits() -> None:
     ok, knobs, _ = strategy.plan_knobs(
         profile, Budget(time=1, memory=1, upload_min=1, upload_max=1)
     )
-    assert ok and knobs["windows-at-upload-max"] == ["0-5"]
+    assert ok and knobs.windows_at_upload_max == ["0-5"]
     ok, _, reason = strategy.plan_knobs(
         profile, Budget(time=0.01, memory=1, upload_min=1, upload_max=1)
     )
@@ -201,7 +199,7 @@ def test_two_rounds_log_plans_next_to_measurements(cocofl_run: Any) -> None:
 
 
 def test_weak_reply_carries_only_its_window(cocofl_run: Any) -> None:
-    strategy, grid, _, replies = cocofl_run
+    strategy, grid, history, replies = cocofl_run
     model = build_model("cnn_b")
     full_bytes = sum(v.nbytes for v in strategy.global_arrays.values())
     weak = [
@@ -213,13 +211,16 @@ def test_weak_reply_carries_only_its_window(cocofl_run: Any) -> None:
     for nid in weak:
         reply = replies[nid]
         metrics = dict(reply.content.metric_records["metrics"])
-        window = (int(metrics["plan-window-start"]), int(metrics["plan-window-end"]))
+        window = (int(metrics["window-start"]), int(metrics["window-end"]))
         assert window != (0, 5)
+        assert not any(k.startswith("plan-") for k in metrics)  # the device echoes no plan
         keys = set(reply.content.array_records["arrays"].keys())
         assert keys == set(window_state_keys(model, window))
         sent = sum(a.numpy().nbytes for a in reply.content.array_records["arrays"].values())
         d_t = strategy.nodes[nid].plan.budget.upload_draw(0, strategy.nodes[nid].device_id, 2)
-        assert metrics["plan-upload-budget"] == pytest.approx(d_t)
+        entry = next(n for n in history[-1]["nodes"] if n["node-id"] == nid)
+        assert entry["plan-upload-budget"] == pytest.approx(d_t)  # logged by the server
+        assert (entry["plan-window-start"], entry["plan-window-end"]) == window
         assert sent <= d_t * full_bytes
         assert sent == metrics["measured-upload-bytes"] < full_bytes
 
@@ -228,7 +229,7 @@ def _rewrite_window(window: tuple[int, int], victims: set[int]) -> Any:
     def corrupt(node_id: int, reply: Message) -> Message:
         if node_id in victims and reply.metadata.message_type == MessageType.TRAIN:
             metrics = dict(reply.content.metric_records["metrics"])
-            metrics["plan-window-start"], metrics["plan-window-end"] = window
+            metrics["window-start"], metrics["window-end"] = window
             reply.content.metric_records["metrics"] = MetricRecord(metrics)
         return reply
 
@@ -263,7 +264,7 @@ def test_reply_with_foreign_tensors_is_dropped() -> None:
 
 # --- aggregation -------------------------------------------------------------------------------
 def _reply(node: Node, arrays: dict[str, np.ndarray], window: tuple[int, int], n: int) -> Reply:
-    metrics = {"plan-window-start": window[0], "plan-window-end": window[1]}
+    metrics = {"window-start": window[0], "window-end": window[1]}
     return Reply(node, arrays, metrics, n)
 
 
@@ -365,6 +366,61 @@ def test_device_with_no_feasible_window_replies_infeasible() -> None:
     content = cocofl_client.train(msg, ctx)
     metrics = dict(content.metric_records["metrics"])
     assert metrics["infeasible"] == 1 and len(content.array_records["arrays"]) == 0
+
+
+def _train_message(raw: dict[str, Any], config: dict[str, Any]) -> tuple[Message, ClientContext]:
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 0, "num-partitions": 6},
+        state=RecordDict(),
+        run_config=raw,
+    )
+    strategy = CoCoFLStrategy(parse_run_config(raw))
+    from flwr.app import ConfigRecord
+
+    msg = Message(
+        RecordDict(
+            {
+                "arrays": to_array_record(strategy.global_arrays),
+                "config": ConfigRecord({"server-round": 1, **config}),
+            }
+        ),
+        dst_node_id=7,
+        message_type=MessageType.TRAIN,
+    )
+    return msg, ClientContext.from_context(context)
+
+
+def test_device_reads_knobs_only_from_a_valid_plan() -> None:
+    """A plan with another method's knobs, a bad knob, or no plan at all is a clear error."""
+    raw = run_config()
+    budget = Budget(time=1, memory=1, upload_min=1, upload_max=1)
+
+    def plan(knobs: dict[str, Any]) -> str:
+        return NodePlan(
+            node_id=7, device_id="d", device_class="strong", budget=budget, knobs=knobs
+        ).to_json()
+
+    msg, ctx = _train_message(raw, {"plan": plan({"gamma": 0.25, "size-source": "budget"})})
+    with pytest.raises(PlanError, match=r"CoCoFLKnobs.*gamma.*Extra inputs are not permitted"):
+        cocofl_client.train(msg, ctx)
+    msg, ctx = _train_message(raw, {"plan": plan({"choice": "sometimes"})})
+    with pytest.raises(PlanError, match=r"CoCoFLKnobs: choice"):
+        cocofl_client.train(msg, ctx)
+    msg, ctx = _train_message(raw, {})
+    with pytest.raises(PlanError, match=r"carries no 'plan'.*CoCoFLKnobs"):
+        cocofl_client.train(msg, ctx)
+
+
+def test_server_plan_carries_the_choice_inputs() -> None:
+    raw = run_config(**{"cocofl.choice": "round-robin", "cocofl.force-window": "1,2"})
+    strategy = CoCoFLStrategy(parse_run_config(raw))
+    profile = _node("strong", Budget(time=1, memory=1, upload_min=1, upload_max=1)).profile
+    plan = strategy.plan_node(3, profile, 1)
+    knobs = plan.knobs_as(CoCoFLKnobs)
+    assert knobs.choice == "round-robin" and knobs.force_window == (1, 2)
+    assert knobs.windows_at_upload_max == ["1-2"]
 
 
 def test_profile_costs_cli_writes_a_table(tmp_path: Path) -> None:

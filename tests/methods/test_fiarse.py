@@ -15,23 +15,18 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType
 
-from fedhet.config import parse_run_config
 from fedhet.core.codec import VALUES
-from fedhet.core.masks import (
-    SurrogateMask,
-    equal_group_size,
-    magnitude_thresholds,
-    parse_size_ladder,
-    size_from_ladder,
-    submodel_mask_spec,
-)
-from fedhet.methods import get_method
-from fedhet.methods.fiarse.strategy import THRESHOLDS_KEY, FiarseStrategy
+from fedhet.core.masks import SurrogateMask, magnitude_thresholds, submodel_mask_spec
+from fedhet.methods import get_method, parse_run_config
+from fedhet.methods.fiarse.plan import FiarseKnobs
+from fedhet.methods.fiarse.strategy import FiarseStrategy
+from fedhet.methods.fiarse.wire import THRESHOLDS_KEY
 from fedhet.models import build_model
 from fedhet.plan import Budget, NodePlan
 from fedhet.profile import DeviceProfile
 from fedhet.server.strategy import Node, Reply
 from fedhet.sim import LocalGrid, simulated_node_configs
+from fedhet.sizes import equal_group_size, parse_size_ladder, size_from_ladder
 from tests.methods.helpers import sized_run_config
 
 LADDER = (1 / 64, 1 / 16, 1 / 4, 1.0)
@@ -62,7 +57,8 @@ def run_grid(
 
     grid.corrupt = capture
     strategy = get_method(raw["method"]).strategy_cls(cfg, None)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     return strategy, grid, history, replies
 
 
@@ -252,11 +248,11 @@ def test_smallest_device_reply_is_about_one_64th_of_dense(fiarse_run: Any) -> No
         r
         for r in replies
         if r.metadata.reply_to_message_id in train_msgs
-        and float(
-            train_msgs[r.metadata.reply_to_message_id].content.config_records["config"][
-                "fiarse-gamma"
-            ]
+        and NodePlan.from_json(
+            str(train_msgs[r.metadata.reply_to_message_id].content.config_records["config"]["plan"])
         )
+        .knobs_as(FiarseKnobs)
+        .gamma
         == 1 / 64
     ]
     assert len(small) == 2

@@ -6,19 +6,20 @@ The registry-wide two-round checks live in tests/methods/test_matrix.py.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import numpy as np
 import pytest
+from flwr.app import Message, MessageType, MetricRecord
 
-from fedhet.client.text import TextDataSpec, slot_order, task_tag
+from fedhet.core.task_eval import SLOT_TASK, task_tag
 from fedhet.data.synthetic_text import SYNTHETIC_TASKS
-from fedhet.methods.fedit.strategy import head_task
+from fedhet.data.text_slots import TextDataSpec, slot_order
+from fedhet.methods.fedit.wire import head_task
 from fedhet.methods.fltac.client import slots_this_round
-from fedhet.methods.fltac.strategy import (
-    FltacStrategy,
-    cluster_slot_states,
-    slot_arrays,
-    split_slot_arrays,
-)
+from fedhet.methods.fltac.strategy import FltacStrategy, cluster_slot_states
+from fedhet.methods.fltac.wire import slot_arrays, split_slot_arrays
 from fedhet.server.strategy import Reply
 from fedhet.server.validate import ReplyError
 from tests.methods.helpers import make
@@ -154,9 +155,15 @@ def test_each_uploaded_slot_gets_its_cluster_mean_back(strategy_and_nodes) -> No
 def test_device_with_zero_examples_of_a_task_sends_no_adapter_for_it(tmp_path) -> None:
     declared = f"{SYNTHETIC_TASKS[0]},not-held-here,{SYNTHETIC_TASKS[2]}"
     strategy, grid = make(
-        "fltac", tmp_path, num_nodes=2, node_extra={"tasks": declared}, num_server_rounds=1
+        "fltac",
+        tmp_path,
+        num_nodes=2,
+        node_extra={"tasks": declared},
+        num_server_rounds=1,
+        **{"fltac.oracle-eval": True},
     )
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     uploaded = set(strategy.round_labels)
     assert uploaded, "nothing was uploaded"
     assert all(s in (0, 2) for _, s in uploaded)
@@ -166,7 +173,7 @@ def test_device_with_zero_examples_of_a_task_sends_no_adapter_for_it(tmp_path) -
         any(k.startswith("slot1/") for k in m.content.array_records["arrays"]) for m in sent_train
     )  # the server offered slot 1 (declared) ...
     assert history[0]["fltac-uploaded-slots"] == 4  # ... but 2 devices × 2 held tasks came back
-    # evaluation-side: per-task accuracy covers only the held tasks, purity is logged
+    # oracle evaluator (simulation): per-task accuracy covers only the held tasks, purity logged
     assert set(history[0]["task-accuracy"]) == {SYNTHETIC_TASKS[0], SYNTHETIC_TASKS[2]}
     assert 0.0 <= history[0]["cluster-purity"] <= 1.0
 
@@ -212,9 +219,154 @@ def test_scale_slots_rotates_through_every_slot() -> None:
 def test_fltac_uploads_fewer_values_than_fedit(tmp_path) -> None:
     tac, grid = make("fltac", tmp_path, num_nodes=3, num_server_rounds=1)
     fit, grid2 = make("fedit", tmp_path, num_nodes=3, num_server_rounds=1)
-    h_tac, h_fit = tac.start(grid)[0], fit.start(grid2)[0]
+    tac.start(grid)
+    fit.start(grid2)
+    h_tac, h_fit = tac.history[0], fit.history[0]
     assert h_tac["lora-params-per-slot"] == 2 * 2 * (64 + 64) * 1  # L·2·(h+h)·r, METHODS.md B8
     assert h_fit["lora-params"] == 2 * 2 * (64 + 64) * 16
     assert h_tac["uploaded-params"] < h_fit["uploaded-params"]
     assert h_tac["payload-bytes-up"] < h_fit["payload-bytes-up"]
     assert set(h_fit["task-accuracy"]) <= set(SYNTHETIC_TASKS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Task identity never leaves a device outside the simulation oracle (issue 10 item 8)
+# ------------------------------------------------------------------------------------------------
+def _capture_eval_metrics(grid, tamper=None) -> list[dict[str, Any]]:
+    """Record the metrics of every evaluate reply (after ``tamper``, if given) as sent."""
+    seen: list[dict[str, Any]] = []
+
+    def capture(node_id: int, reply: Message) -> Message:
+        if tamper is not None:
+            reply = tamper(node_id, reply)
+        if not reply.has_error() and reply.metadata.message_type == MessageType.EVALUATE:
+            seen.append(dict(reply.content.metric_records["metrics"]))
+        return reply
+
+    grid.corrupt = capture
+    return seen
+
+
+def _with_metrics(reply: Message, update) -> Message:
+    metrics = dict(reply.content.metric_records["metrics"])
+    update(metrics)
+    reply.content.metric_records["metrics"] = MetricRecord(metrics)
+    return reply
+
+
+def test_without_oracle_eval_no_task_tag_travels_and_no_task_map_is_kept(tmp_path) -> None:
+    strategy, grid = make("fltac", tmp_path, num_nodes=3)
+    replies = _capture_eval_metrics(grid)
+    strategy.start(grid)
+    history = strategy.history
+    assert replies and all(SLOT_TASK not in m for m in replies)
+    assert all("eval-slot-index" in m for m in replies)  # per-slot results, task-free
+    lines = (tmp_path / "t-fltac" / "metrics.jsonl").read_text()
+    for key in ("cluster-purity", "task-accuracy", SLOT_TASK):
+        assert key not in lines
+        assert all(key not in h for h in history)
+    assert strategy.eval_slot_tasks == {}
+    _, checkpoint = strategy.run_dir.load_latest_checkpoint()
+    assert set(checkpoint["strategy"]) == {"slots"}
+    text = json.dumps({k: sorted(v) for k, v in checkpoint["strategy"]["slots"].items()})
+    assert all(name not in text for name in SYNTHETIC_TASKS)
+    # an older checkpoint's task map is ignored on load
+    strategy.load_state_dict({"slots": {}, "eval-slot-tasks": [["partition-0", 0, 7]]})
+    assert strategy.eval_slot_tasks == {}
+
+
+def test_task_tags_a_node_may_not_send_are_never_read_nor_logged(tmp_path) -> None:
+    strategy, grid = make("fltac", tmp_path, num_nodes=3, num_server_rounds=1)
+
+    def plant(node_id: int, reply: Message) -> Message:
+        if reply.has_error() or reply.metadata.message_type != MessageType.EVALUATE:
+            return reply
+        n = len(list(reply.content.metric_records["metrics"]["eval-slot-index"]))
+        return _with_metrics(reply, lambda m: m.update({SLOT_TASK: [task_tag("trec")] * n}))
+
+    replies = _capture_eval_metrics(grid, plant)
+    strategy.start(grid)
+    history = strategy.history
+    assert replies and all(SLOT_TASK in m for m in replies)  # the tags were on the wire ...
+    assert "cluster-purity" not in history[0] and "task-accuracy" not in history[0]
+    assert all(SLOT_TASK not in node for node in history[0]["nodes"])  # ... but never logged
+    assert strategy.eval_slot_tasks == {}
+
+
+def test_oracle_eval_is_simulation_only(tmp_path) -> None:
+    strategy, grid = make(
+        "fltac", tmp_path, num_nodes=2, num_server_rounds=1, **{"fltac.oracle-eval": True}
+    )
+    for i, ctx in enumerate(grid.contexts.values()):  # deployed devices: own id, own cache
+        ctx.node_config = {
+            **dict(ctx.node_config),
+            "device-id": f"plant-{i}",
+            "cache-dir": str(tmp_path / "nodes"),
+        }
+    replies = _capture_eval_metrics(grid)
+    strategy.start(grid)
+    history = strategy.history
+    assert replies and all(SLOT_TASK not in m for m in replies)
+    assert history[0]["num-trained"] == 2
+    assert "cluster-purity" not in history[0] and "task-accuracy" not in history[0]
+
+
+def _run_recording(tmp_path, corrupt=None) -> tuple[Any, Any, list[dict], list[dict]]:
+    strategy, grid = make(
+        "fltac", tmp_path, num_nodes=3, num_server_rounds=3, **{"fltac.oracle-eval": True}
+    )
+    labels, stored = [], []
+    aggregate = strategy.aggregate
+
+    def recording(server_round, replies):
+        aggregate(server_round, replies)
+        labels.append(dict(strategy.round_labels))
+        stored.append(
+            {(d, s): dict(st) for d, slots in strategy.slots.items() for s, st in slots.items()}
+        )
+
+    strategy.aggregate = recording
+    grid.corrupt = corrupt
+    return strategy, grid, labels, stored
+
+
+def test_scrambled_task_tags_leave_clustering_and_slot_states_bit_identical(tmp_path) -> None:
+    gen = np.random.default_rng(0)
+
+    def scramble(node_id: int, reply: Message) -> Message:
+        if reply.has_error() or reply.metadata.message_type != MessageType.EVALUATE:
+            return reply
+        metrics = reply.content.metric_records["metrics"]
+        n = len(list(metrics[SLOT_TASK]))
+        return _with_metrics(
+            reply, lambda m: m.update({SLOT_TASK: [int(t) for t in gen.integers(0, 2**31, n)]})
+        )
+
+    a, grid_a, labels_a, stored_a = _run_recording(tmp_path / "a")
+    b, grid_b, labels_b, stored_b = _run_recording(tmp_path / "b", scramble)
+    a.start(grid_a)
+    b.start(grid_b)
+    hist_a, hist_b = a.history, b.history
+    # the scramble took effect: the evaluator saw other tasks ...
+    assert set(hist_a[-1]["task-accuracy"]) <= set(SYNTHETIC_TASKS)
+    assert not set(hist_b[-1]["task-accuracy"]) & set(SYNTHETIC_TASKS)
+    # ... and the algorithm did not notice: same clusters, same slot states, same payloads
+    assert len(labels_a) == len(labels_b) == 3
+    assert labels_a == labels_b
+    for round_a, round_b in zip(stored_a, stored_b, strict=True):
+        assert round_a.keys() == round_b.keys()
+        for owner, state in round_a.items():
+            for key, value in state.items():
+                other = round_b[owner][key]
+                assert value.dtype == other.dtype and value.tobytes() == other.tobytes()
+    assert a.global_arrays.keys() == b.global_arrays.keys()
+    assert all(
+        a.global_arrays[k].tobytes() == b.global_arrays[k].tobytes() for k in a.global_arrays
+    )
+    train_a = [m for m in grid_a.sent_log if m.metadata.message_type == "train"]
+    train_b = [m for m in grid_b.sent_log if m.metadata.message_type == "train"]
+    assert len(train_a) == len(train_b)
+    for ma, mb in zip(train_a, train_b, strict=True):
+        ra, rb = ma.content.array_records["arrays"], mb.content.array_records["arrays"]
+        assert list(ra) == list(rb)
+        assert all(ra[k].numpy().tobytes() == rb[k].numpy().tobytes() for k in ra)

@@ -34,7 +34,8 @@ REQUIRED_NODE_KEYS = {
 def test_two_rounds(method, tmp_path):
     strategy, grid = make(method, tmp_path)
     before = {k: np.array(v, copy=True) for k, v in strategy.global_arrays.items()}
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     assert [h["round"] for h in history] == [1, 2]
     for h in history:
         assert set(h) >= REQUIRED_ROUND_KEYS
@@ -81,7 +82,8 @@ def test_bad_reply_is_dropped_and_round_goes_on(method, kind, tmp_path):
     strategy, grid = make(method, tmp_path, num_server_rounds=1)
     victim = sorted(grid.contexts)[0]
     grid.corrupt = _corrupt(kind, {victim})
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     dropped = [d for d in history[0]["dropped"] if d["node-id"] == victim and d["stage"] == "train"]
     assert dropped, f"corrupted reply of node {victim} was not dropped: {history[0]['dropped']}"
     assert (

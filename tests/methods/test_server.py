@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from fedhet.config import ConfigError, parse_run_config
-from fedhet.methods import get_method
+from fedhet.config import ConfigError
+from fedhet.methods import get_method, parse_run_config
 from fedhet.server.run_dir import RunDir
 from tests.methods.helpers import make, tiny_config
 
@@ -19,7 +19,8 @@ def test_node_failure_is_logged_and_round_goes_on(tmp_path):
     victim = sorted(grid.contexts)[1]
     strategy.register_nodes(grid, 1)
     grid.fail_next[victim] = "node lost connection"
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     drops = history[0]["dropped"]
     assert any(d["node-id"] == victim and "node lost connection" in d["reason"] for d in drops)
     assert history[0]["num-trained"] == 5
@@ -31,7 +32,8 @@ def test_late_joiner_is_registered_and_trained(tmp_path):
     new = grid.add_node({"partition-id": 3, "num-partitions": 4, "device-id": "late-device"})
     grid.offline.add(sorted(grid.contexts)[0])
     strategy.shared.num_server_rounds = 2
-    history = strategy.start(grid, num_rounds=2)
+    strategy.start(grid, num_rounds=2)
+    history = strategy.history
     assert new in strategy.nodes and strategy.nodes[new].device_id == "late-device"
     trained = {n["node-id"] for n in history[-1]["nodes"] if n["status"] == "trained"}
     assert new in trained and sorted(grid.contexts)[0] not in trained
@@ -62,7 +64,8 @@ def _replace_profile(reply, rec):
 
 def test_ledger_counts_serialised_bytes(tmp_path):
     strategy, grid = make("fedavg", tmp_path, num_server_rounds=1)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     model_bytes = sum(a.nbytes for a in strategy.global_arrays.values())
     overhead = 256 * len(strategy.global_arrays)  # serialised dtype/shape metadata per array
     for node in history[0]["nodes"]:
@@ -74,7 +77,8 @@ def test_ledger_counts_serialised_bytes(tmp_path):
 
 def test_fedavg_drop_samples_only_full_budget_devices(tmp_path):
     strategy, grid = make("fedavg-drop", tmp_path, num_server_rounds=1)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     classes = {n["device-class"] for n in history[0]["nodes"] if n["status"] == "trained"}
     assert classes == {"strong"}
 
@@ -87,7 +91,8 @@ def test_resume_continues_from_checkpoint(tmp_path):
     resumed = get_method("fedavg").strategy_cls(
         parse_run_config(raw), RunDir(tmp_path / "t-fedavg")
     )
-    history = resumed.start(grid)
+    resumed.start(grid)
+    history = resumed.history
     assert [h["round"] for h in history] == [2]
     rows = RunDir(tmp_path / "t-fedavg").read_metrics()
     assert [r["round"] for r in rows] == [1, 2]
@@ -116,7 +121,8 @@ def test_device_with_its_own_data_path(tmp_path):
     np.savez(path, x=(x * 16).astype(np.uint8), y=digits.target[:150])
     strategy, grid = make("fedavg", tmp_path, num_nodes=2, num_server_rounds=1, min_nodes=3)
     own = grid.add_node({"data-path": str(path), "device-id": "press-1", "device-class": "strong"})
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     entry = next(n for n in history[0]["nodes"] if n["node-id"] == own)
     assert entry["status"] == "trained" and entry["device-id"] == "press-1"
     assert entry["num-examples"] == 120  # 80 % of the device's 150 samples train, 20 % test locally
@@ -139,7 +145,8 @@ def test_evaluate_error_reply_is_logged_under_the_dead_node(tmp_path, monkeypatc
         return handle(msg)
 
     monkeypatch.setattr(grid, "_handle", dies_before_evaluate)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     drops = [d for d in history[0]["dropped"] if d["stage"] == "evaluate"]
     assert drops == [
         {
@@ -157,7 +164,8 @@ def test_fedavg_on_a_batch_norm_model_keeps_every_reply(tmp_path):
     strategy, grid = make(
         "fedavg", tmp_path, num_nodes=3, num_server_rounds=1, min_nodes=3, model="cnn_b"
     )
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     assert history[0]["dropped"] == []
     assert history[0]["num-trained"] == 3
 
@@ -170,3 +178,45 @@ def test_restart_before_first_checkpoint_starts_clean(tmp_path):
     strategy.start(grid)
     rows = run_dir.read_metrics()
     assert [r["round"] for r in rows] == [1] and "stale" not in rows[0]
+
+
+def test_start_returns_flower_result_with_the_round_history(tmp_path):
+    """start() returns Flower's Result, filled from the metrics.jsonl lines of the run."""
+    from flwr.serverapp.strategy import Result, Strategy
+
+    strategy, grid = make("fedavg", tmp_path, num_server_rounds=2)
+    assert isinstance(strategy, Strategy)
+    result = strategy.start(grid)
+    assert isinstance(result, Result)
+    rows = RunDir(tmp_path / "t-fedavg").read_metrics()
+    assert [r["round"] for r in rows] == [1, 2] and strategy.history == rows
+    assert sorted(result.train_metrics_clientapp) == [1, 2]
+    for row in rows:
+        rnd = row["round"]
+        train = dict(result.train_metrics_clientapp[rnd])
+        assert train["train-loss"] == pytest.approx(row["train-loss"])
+        assert train["bytes-up"] == row["bytes-up"] and train["num-trained"] == row["num-trained"]
+        local = dict(result.evaluate_metrics_clientapp[rnd])
+        assert local["eval-accuracy"] == pytest.approx(row["eval-accuracy"])
+        server = dict(result.evaluate_metrics_serverapp[rnd])
+        assert server["server-accuracy"] == pytest.approx(row["server-accuracy"])
+        assert "server-accuracy" not in train and "eval-accuracy" not in train
+    final = {k: v.numpy() for k, v in result.arrays.items()}
+    assert set(final) == set(strategy.global_arrays)
+    for k, v in strategy.global_arrays.items():
+        np.testing.assert_array_equal(final[k], v)
+    # Flower's own start() arguments that fedhet builds itself are refused, not ignored
+    with pytest.raises(ValueError, match="evaluate_fn"):
+        strategy.start(grid, evaluate_fn=lambda rnd, arrays: None)
+
+
+def test_metrics_log_the_plan_from_the_server_side(tmp_path):
+    """Every node line carries the server's plan knobs; devices echo no plan-* metrics."""
+    strategy, grid = make("fiarse", tmp_path, num_nodes=4, num_server_rounds=1, min_nodes=4)
+    strategy.start(grid)
+    for node in strategy.history[0]["nodes"]:
+        assert node["plan"] == strategy.nodes[node["node-id"]].plan.knobs
+        assert node["plan"]["gamma"] == node["fiarse-gamma"]
+        assert not any(k.startswith("plan-") for k in node)
+    sent = [m for m in grid.sent_log if m.metadata.message_type in ("train", "evaluate")]
+    assert sent and all("fiarse-gamma" not in m.content.config_records["config"] for m in sent)

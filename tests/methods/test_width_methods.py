@@ -14,11 +14,12 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType
 
-from fedhet.config import parse_run_config
-from fedhet.methods import get_method
+from fedhet.methods import get_method, parse_run_config
 from fedhet.methods.width.client import width_scaler
-from fedhet.methods.width.strategy import BETA_KEY, OFFSET_KEY, WidthStrategy
+from fedhet.methods.width.plan import WidthKnobs
+from fedhet.methods.width.strategy import WidthStrategy
 from fedhet.models import build_model
+from fedhet.plan import NodePlan
 from fedhet.sim import LocalGrid, simulated_node_configs
 from tests.methods.helpers import sized_run_config
 
@@ -37,13 +38,14 @@ def run_grid(
     grid = LocalGrid(app, simulated_node_configs(4), raw)
     grid.corrupt = corrupt
     strategy = get_method(raw["method"]).strategy_cls(parse_run_config(raw), None)
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     return strategy, grid, history
 
 
 @pytest.mark.parametrize("method", ["heterofl", "fedrolex"])
 def test_two_rounds_with_per_size_metrics_and_offsets(method: str) -> None:
-    _, grid, history = run_grid(run_config(method))
+    _, _, history = run_grid(run_config(method))
     assert [h["num-trained"] for h in history] == [4, 4]
     for h in history:
         assert not h["dropped"]
@@ -55,18 +57,9 @@ def test_two_rounds_with_per_size_metrics_and_offsets(method: str) -> None:
         assert betas == pytest.approx([math.sqrt(g) for g in LADDER])
         ups = [n["payload-bytes-up"] for n in sorted(h["nodes"], key=lambda n: n["width-beta"])]
         assert ups == sorted(ups)
-    offsets = [
-        (
-            int(m.content.config_records["config"]["server-round"]),
-            int(m.content.config_records["config"][OFFSET_KEY]),
-        )
-        for m in grid.sent_log
-        if m.metadata.message_type == MessageType.TRAIN
-    ]
     expected = {1: 0, 2: 1 if method == "fedrolex" else 0}
-    assert all(off == expected[rnd] for rnd, off in offsets)
-    evals = [m for m in grid.sent_log if m.metadata.message_type == MessageType.EVALUATE]
-    assert evals and all(int(m.content.config_records["config"][OFFSET_KEY]) == 0 for m in evals)
+    offsets = [(h["round"], n["width-offset"]) for h in history for n in h["nodes"]]
+    assert offsets and all(off == expected[rnd] for rnd, off in offsets)
 
 
 def test_small_slice_payload_is_dense_and_about_gamma() -> None:
@@ -123,14 +116,21 @@ def test_reply_with_wrong_shape_is_dropped() -> None:
     assert history[0]["num-trained"] == 3
 
 
-def test_train_config_carries_beta() -> None:
-    _, grid, _ = run_grid({**run_config("fedrolex"), "num-server-rounds": 1})
-    betas = sorted(
-        float(m.content.config_records["config"][BETA_KEY])
+def test_beta_reaches_the_device_only_in_its_plan() -> None:
+    _, grid, history = run_grid({**run_config("fedrolex"), "num-server-rounds": 1})
+    sent = [
+        (m.metadata.message_type, dict(m.content.config_records["config"]))
         for m in grid.sent_log
-        if m.metadata.message_type == MessageType.TRAIN
-    )
+        if m.metadata.message_type in (MessageType.TRAIN, MessageType.EVALUATE)
+    ]
+    assert sent and all("width-beta" not in c and "width-offset" not in c for _, c in sent)
+    train = [c for kind, c in sent if kind == MessageType.TRAIN]
+    betas = sorted(NodePlan.from_json(c["plan"]).knobs_as(WidthKnobs).beta for c in train)
     assert betas == pytest.approx([0.125, 0.25, 0.5, 1.0])
+    # the server logs each node's plan in metrics.jsonl; devices echo nothing back
+    for n in history[0]["nodes"]:
+        assert n["plan"]["beta"] == pytest.approx(n["width-beta"])
+        assert not any(k.startswith("plan-") for k in n)
 
 
 def test_width_scaler_divides_hidden_outputs_in_training_only() -> None:

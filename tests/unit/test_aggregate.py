@@ -52,3 +52,37 @@ def test_server_lr_scales_step():
     base = {"w": np.zeros(1, np.float32)}
     out = masked_mean([Contribution({"w": np.ones(1, np.float32)}, 1)], base, server_lr=0.5)
     np.testing.assert_allclose(out["w"], [0.5])
+
+
+def test_weighted_mean_zero_weights_are_a_clear_error():
+    """One rule for every method: a zero total weight is an error, never silently 'equal'."""
+    base = {"w": np.zeros(1, np.float32)}
+    with pytest.raises(ValueError, match="weights sum to zero"):
+        weighted_mean([Contribution({"w": np.ones(1)}, 0.0)], base)
+    with pytest.raises(ValueError, match="at least one contribution"):
+        weighted_mean([], base)
+    # a zero-weight contribution next to weighted ones simply adds nothing
+    out = weighted_mean(
+        [Contribution({"w": np.full(1, 9.0)}, 0.0), Contribution({"w": np.full(1, 3.0)}, 2.0)],
+        base,
+    )
+    np.testing.assert_allclose(out["w"], [3.0])
+
+
+def test_base_strategy_leaves_zero_example_replies_out(tmp_path):
+    """FedhetStrategy.aggregate: replies without examples carry no weight; none left: no change."""
+    from fedhet.config import default_run_config
+    from fedhet.methods import parse_run_config
+    from fedhet.methods import get_method
+    from fedhet.server.strategy import Reply
+
+    cfg = parse_run_config(default_run_config(method="fedavg", dataset="digits"))
+    strategy = get_method("fedavg").strategy_cls(cfg)
+    before = {k: v.copy() for k, v in strategy.global_arrays.items()}
+    ones = {k: np.ones_like(v) for k, v in before.items()}
+    strategy.aggregate(1, [Reply(None, ones, {}, 0)])  # type: ignore[arg-type]
+    for k in before:
+        np.testing.assert_array_equal(strategy.global_arrays[k], before[k])
+    twos = {k: np.full_like(v, 2) for k, v in before.items()}
+    strategy.aggregate(1, [Reply(None, ones, {}, 0), Reply(None, twos, {}, 3)])  # type: ignore[arg-type]
+    np.testing.assert_array_equal(strategy.global_arrays["fc2.weight"], twos["fc2.weight"])

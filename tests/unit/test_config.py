@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedhet.config import ConfigError, SharedConfig, default_run_config, kebab, parse_run_config
-from fedhet.methods import METHODS
+from fedhet.config import ConfigError, SharedConfig, default_run_config, kebab
+from fedhet.methods import METHODS, parse_run_config
 from fedhet.profile import parse_node_config, parse_profile
 
 ROOT = Path(__file__).resolve().parents[2]

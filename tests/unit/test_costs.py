@@ -16,12 +16,12 @@ from fedhet.core.costs import (
     default_cost_table_path,
     feasible_windows,
     load_cost_table,
-    main,
     measured_cost_table,
     save_cost_table,
     unit_profile,
 )
 from fedhet.models import build_model, count_parameters
+from fedhet.models.cost_tables import main
 
 
 class ThreeLinear(nn.Module):

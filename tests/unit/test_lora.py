@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
+from fedhet.config import LoraAdapterSettings
 from fedhet.core.lora import (
-    build_lora_model,
     count_trainable,
     evaluate_adapter,
     flatten_lora,
@@ -23,7 +24,15 @@ from fedhet.core.lora import (
     set_adapter_state,
     train_adapter,
 )
-from fedhet.models.text import tiny_bert_config
+from fedhet.models.text import (
+    ACTIVE_ADAPTER,
+    INITIAL_ADAPTER,
+    backbone_parameter_count,
+    build_lora_model,
+    build_text_classifier,
+    text_lora_model,
+    tiny_bert_config,
+)
 
 VOCAB = 64
 
@@ -297,3 +306,64 @@ def test_minilm_offline_lora_step(monkeypatch: pytest.MonkeyPatch) -> None:
     assert np.isfinite(result["train-loss"])
     assert not np.array_equal(flatten_lora(before), flatten_lora(after))
     assert elapsed < 30
+
+
+# ------------------------------------------------------------------------------------------------
+# v⁰ as a named, frozen peft adapter (fedhet.models.text.text_lora_model)
+# ------------------------------------------------------------------------------------------------
+def _settings(rank: int = 2) -> LoraAdapterSettings:
+    return LoraAdapterSettings(rank=rank, dropout=0.0)
+
+
+def test_initial_state_is_a_named_frozen_adapter_that_survives_training() -> None:
+    model = text_lora_model("tiny-bert", _settings(), num_labels=6, seed=11)
+    assert set(model.peft_config) == {ACTIVE_ADAPTER, INITIAL_ADAPTER}
+    assert model.active_adapter == ACTIVE_ADAPTER
+    assert not hasattr(model, "fedhet_initial_state")
+    v0 = get_adapter_state(model, INITIAL_ADAPTER)
+    active = get_adapter_state(model)
+    assert list(v0) == list(active)
+    assert all(torch.equal(v0[k], active[k]) for k in v0)
+    lora = 2 * 2 * (64 + 64) * 2
+    assert count_trainable(model) == lora + 64 * 6 + 6  # only the active adapter trains
+    base, _ = build_text_classifier("tiny-bert", 6, 11)
+    assert backbone_parameter_count(model) == sum(p.numel() for p in base.parameters())
+    # devices swap other states in and train: v⁰ stays as it was
+    set_adapter_state(model, _random_like(active, 3))
+    batch = {
+        "input_ids": torch.randint(0, 100, (8, 12)),
+        "attention_mask": torch.ones(8, 12, dtype=torch.long),
+        "labels": torch.arange(8) % 2,
+    }
+    train_adapter(model, [batch, batch], lr=0.05, num_classes_task=2)
+    after = get_adapter_state(model, INITIAL_ADAPTER)
+    assert all(torch.equal(v0[k], after[k]) for k in v0)
+    assert not all(torch.equal(v0[k], v) for k, v in get_adapter_state(model).items())
+
+
+def test_server_v0_does_not_depend_on_what_devices_loaded_into_the_shared_model() -> None:
+    """Server and simulated devices share one cached model per process: a strategy built after
+    a run must still start from v⁰, not from the last device's state (the old code read the
+    active adapter)."""
+    from fedhet.methods import parse_run_config
+    from fedhet.methods.fltac.strategy import FltacStrategy
+    from tests.methods.helpers import tiny_config
+
+    raw = tiny_config("fltac", Path("/nonexistent"))
+    first = FltacStrategy(parse_run_config(raw))
+    model = text_lora_model("tiny-bert", first.mcfg, first.num_labels, first.shared.seed)
+    set_adapter_state(model, _random_like(get_adapter_state(model), 5))
+    second = FltacStrategy(parse_run_config(raw))
+    assert first.v0.keys() == second.v0.keys()
+    assert all(np.array_equal(first.v0[k], second.v0[k]) for k in first.v0)
+
+
+def test_task_heads_named_like_adapters_are_refused_and_other_names_kept_whole() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        text_lora_model("tiny-bert", _settings(), 4, 0, head_tasks=("trec", INITIAL_ADAPTER))
+    tasks = ("default", "initial", "trec")  # names peft's adapter-key filter could confuse
+    model = text_lora_model("tiny-bert", _settings(), 4, 0, head_tasks=tasks)
+    for name in (ACTIVE_ADAPTER, INITIAL_ADAPTER):
+        state = get_adapter_state(model, name)
+        heads = {k.split(".heads.")[1].split(".")[0] for k in state if ".heads." in k}
+        assert heads == set(tasks)

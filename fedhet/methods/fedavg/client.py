@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from flwr.app import Message, RecordDict
 
+from fedhet.client.evaluation import evaluate_image_model
 from fedhet.client.runtime import (
     ClientContext,
     arrays_of,
@@ -13,12 +14,12 @@ from fedhet.client.runtime import (
     reply_content,
     state_to_numpy,
 )
-from fedhet.client.training import evaluate_model, train_sgd
+from fedhet.client.training import train_sgd
 from fedhet.methods.fedavg.config import FedAvgConfig
 from fedhet.models import build_model
 
 
-def _model(ctx: ClientContext, msg: Message, num_classes: int) -> torch.nn.Module:
+def _model(msg: Message, ctx: ClientContext, num_classes: int) -> torch.nn.Module:
     model = build_model(ctx.run.shared.model, num_classes=num_classes)
     model.load_state_dict(numpy_to_state(arrays_of(msg)))
     return model
@@ -30,7 +31,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     mcfg: FedAvgConfig = ctx.run.method  # type: ignore[assignment]
     split = ctx.data()
     server_round = int(config_of(msg)["server-round"])
-    model = _model(ctx, msg, split.train.num_classes)
+    model = _model(msg, ctx, split.train.num_classes)
     batches = ctx.local_batches(split.train, server_round)
     metrics = train_sgd(
         model, batches, lr=shared.lr, momentum=mcfg.momentum, weight_decay=mcfg.weight_decay
@@ -41,7 +42,4 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
 
 def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
     """Accuracy of the received model on the device's local test set."""
-    split = ctx.data()
-    model = _model(ctx, msg, split.test.num_classes)
-    correct, total, loss = evaluate_model(model, split.test)
-    return reply_content(None, {"num-examples": total, "eval-correct": correct, "eval-loss": loss})
+    return evaluate_image_model(msg, ctx, _model)

@@ -15,6 +15,15 @@ import torch.nn.functional as F
 from flwr.app import Message, RecordDict
 from peft import PeftModel
 
+from fedhet.client.adapters import (
+    adapter_model,
+    device_slots,
+    eval_reply,
+    evaluate_slots,
+    head_outputs,
+    initial_adapter_state,
+    run_task_classes,
+)
 from fedhet.client.runtime import (
     ClientContext,
     arrays_of,
@@ -24,43 +33,19 @@ from fedhet.client.runtime import (
     reply_content,
     state_to_numpy,
 )
-from fedhet.client.text import (
-    TextSlot,
-    device_slots,
-    eval_batches,
-    initial_adapter_state,
-    node_model_source,
-    sample_batches,
-    select_task_head,
-    slot_eval_metrics,
-    task_classes,
-    text_lora_model,
-)
-from fedhet.core.lora import evaluate_adapter, get_adapter_state, mask_logits, set_adapter_state
+from fedhet.core.lora import get_adapter_state, mask_logits, set_adapter_state
 from fedhet.core.seeding import derive_seed
+from fedhet.data.text_slots import TextSlot, sample_batches
 from fedhet.methods.fedit.config import FedITConfig
-from fedhet.methods.fedit.strategy import head_task
+from fedhet.methods.fedit.wire import TASK_EXAMPLES, head_task
+from fedhet.models.text import select_task_head
 
 
 def _model(ctx: ClientContext, mcfg: FedITConfig, slots: list[TextSlot]) -> PeftModel:
-    shared = ctx.run.shared
-    try:
-        classes = task_classes(shared.dataset, shared.seed)
-    except Exception:  # own CSV data and no run-wide task table
-        classes = {}
+    """One shared adapter with a head per task name (the run's tasks and the device's own)."""
+    classes = run_task_classes(ctx)
     tasks = tuple(sorted(set(classes) | {s.task for s in slots}))
-    num_labels = mcfg.num_labels or max([*classes.values(), *(s.num_classes for s in slots)])
-    source = node_model_source(ctx, shared.model, num_labels, shared.seed)
-    return text_lora_model(
-        source,
-        num_labels,
-        mcfg.rank,
-        mcfg.lora_alpha(),
-        mcfg.dropout,
-        mcfg.modules(),
-        shared.seed,
-        tasks,
-    )
+    return adapter_model(ctx, mcfg, head_outputs(mcfg, classes, slots), tasks)
 
 
 def _load(msg: Message, model: PeftModel) -> None:
@@ -79,7 +64,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     mcfg: FedITConfig = ctx.run.method  # type: ignore[assignment]
     shared = ctx.run.shared
     server_round = int(config_of(msg)["server-round"])
-    slots = sorted(device_slots(ctx, shared.model, mcfg.max_length), key=lambda s: s.task)
+    slots = sorted(device_slots(ctx, mcfg), key=lambda s: s.task)
     if not slots:
         return infeasible_reply("this device holds no text data")
     model = _model(ctx, mcfg, slots)
@@ -118,28 +103,28 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         "num-examples": int(sum(s.num_train for s in slots)),
         "train-loss": loss_sum / seen if seen else 0.0,
         "train-seconds": time.perf_counter() - start,
-        "task-examples": [s.num_train for s in slots],  # sorted by task name, as the heads
-        "plan-steps": mcfg.steps * len(slots),
+        TASK_EXAMPLES: [s.num_train for s in slots],  # sorted by task name, as the heads
     }
     return reply_content(arrays, metrics)
 
 
 def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
-    """Evaluate the shared adapter with each local task's head on that task's test items."""
+    """Evaluate the shared adapter with each local task's head on that task's test items.
+
+    Replies tag each result with its task (:func:`fedhet.core.task_eval.task_tag`): FedIT names
+    its tasks in every upload by design (heads keyed by task name), so the tags tell the server
+    nothing new.
+    """
     mcfg: FedITConfig = ctx.run.method  # type: ignore[assignment]
-    slots = device_slots(ctx, ctx.run.shared.model, mcfg.max_length)
+    slots = device_slots(ctx, mcfg)
     if not slots:
-        return reply_content(None, slot_eval_metrics([]))
+        return eval_reply([], with_tasks=True)
     model = _model(ctx, mcfg, slots)
     _load(msg, model)
-    results = []
-    for slot in slots:
-        select_task_head(model, slot.task)
-        correct, total, loss = evaluate_adapter(
-            model, eval_batches(slot.test, mcfg.eval_batch_size), slot.num_classes
-        )
-        results.append((slot, correct, total, loss))
-    return reply_content(None, slot_eval_metrics(results))
+    results = evaluate_slots(
+        model, slots, mcfg.eval_batch_size, lambda slot: select_task_head(model, slot.task)
+    )
+    return eval_reply(results, with_tasks=True)
 
 
 __all__ = ["evaluate", "train"]

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from flwr.app import Message, RecordDict
 
-from fedhet.client.runtime import ClientContext, arrays_of, config_of, reply_content
-from fedhet.client.training import evaluate_model
+from fedhet.client.evaluation import evaluate_image_model
+from fedhet.client.runtime import ClientContext, arrays_of, config_of, plan_of, reply_content
 from fedhet.core.codec import decode_payload, encode_values_only
 from fedhet.core.masks import train_submodel
 from fedhet.methods.fiarse.config import FiarseConfig
-from fedhet.methods.fiarse.strategy import GAMMA_KEY, THRESHOLDS_KEY
+from fedhet.methods.fiarse.plan import FiarseKnobs
+from fedhet.methods.fiarse.wire import THRESHOLDS_KEY
 from fedhet.models import build_model
 
 
@@ -42,6 +43,7 @@ def receive_submodel(
     thresholds : dict[str, float]
         τ per masked tensor, from the config.
     """
+    plan_of(msg, FiarseKnobs)  # a FIARSE plan (γ) or a clear error; τ carries the size
     thresholds = {k: float(v) for k, v in json.loads(str(config_of(msg)[THRESHOLDS_KEY])).items()}
     model = build_model(ctx.run.shared.model, num_classes=num_classes)
     template = model.state_dict()
@@ -76,16 +78,9 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         else:
             upload[name] = update.astype(base.dtype)
     metrics["num-examples"] = len(split.train)
-    metrics["plan-gamma"] = float(config_of(msg)[GAMMA_KEY])
     return reply_content(upload, metrics)
 
 
 def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
     """Accuracy of the received own-size submodel on the device's local test set."""
-    split = ctx.data()
-    model, _, _, _ = receive_submodel(msg, ctx, split.test.num_classes)
-    correct, total, loss = evaluate_model(model, split.test)
-    return reply_content(
-        None,
-        {"num-examples": total, "eval-correct": correct, "eval-loss": loss, "eval-examples": total},
-    )
+    return evaluate_image_model(msg, ctx, lambda m, c, n: receive_submodel(m, c, n)[0])

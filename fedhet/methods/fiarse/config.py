@@ -10,15 +10,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fedhet.core.masks import parse_size_ladder
-from fedhet.server.sizes import SizeLadderConfig
+from fedhet.sizes import SizeLadderConfig, parse_size_ladder
 
 
 class FiarseConfig(SizeLadderConfig):
     """FIARSE settings. Every field has a run-config key ``fiarse.<kebab-name>``.
 
     Size fields (``ladder``, ``gamma``, ``size-assignment``, ``server-lr``, ``eval-every``) are
-    shared with HeteroFL/FedRolex, see :class:`fedhet.server.sizes.SizeLadderConfig`.
+    shared with HeteroFL/FedRolex, see :class:`fedhet.sizes.SizeLadderConfig`.
 
     Attributes
     ----------

@@ -30,16 +30,14 @@ from fedhet.core.masks import (
     submodel_mask_spec,
 )
 from fedhet.methods.fiarse.config import FiarseConfig
+from fedhet.methods.fiarse.plan import FiarseKnobs
+from fedhet.methods.fiarse.wire import THRESHOLDS_KEY
 from fedhet.server.run_dir import RunDir
 from fedhet.server.sizes import SizedStrategy
 from fedhet.server.strategy import Node, Reply
 from fedhet.server.validate import ArraySpec, ReplyError, validate_arrays
 
 log = logging.getLogger("fedhet")
-
-#: Train/eval config key carrying τ per masked tensor as a JSON object (METHODS.md §7.2 step 3).
-THRESHOLDS_KEY = "fiarse-thresholds"
-GAMMA_KEY = "fiarse-gamma"
 
 
 class FiarseStrategy(SizedStrategy):
@@ -60,6 +58,7 @@ class FiarseStrategy(SizedStrategy):
     """
 
     name: ClassVar[str] = "fiarse"
+    knobs_model = FiarseKnobs
     replies_are_updates: ClassVar[bool] = True  # values and dense arrays are differences
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
@@ -116,9 +115,9 @@ class FiarseStrategy(SizedStrategy):
     def _payload(
         self, node: Node
     ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray]]:
-        gamma = float(node.plan.knobs["gamma"])
+        gamma = node.plan.knobs_as(FiarseKnobs).gamma
         tau, masks = self.submodel(gamma)
-        config = {GAMMA_KEY: gamma, THRESHOLDS_KEY: json.dumps(tau)}
+        config = {THRESHOLDS_KEY: json.dumps(tau)}
         return self.encode_submodel(masks), config, masks
 
     # rounds -----------------------------------------------------------------------------------
@@ -128,7 +127,7 @@ class FiarseStrategy(SizedStrategy):
         payload, config, masks = self._payload(node)
         self._round_masks[node.device_id] = masks
         entry = self.current.node(node)
-        entry["fiarse-gamma"] = config[GAMMA_KEY]
+        entry["fiarse-gamma"] = node.plan.knobs_as(FiarseKnobs).gamma
         entry["fiarse-density"] = realised_density(
             {k: torch.from_numpy(m) for k, m in masks.items()},
             {k: torch.from_numpy(np.asarray(v)) for k, v in self.global_arrays.items()},

@@ -5,7 +5,9 @@ peft adapter, create a fresh AdamW, run τ_i steps on task j's data with the bac
 logits of classes task j lacks masked, and extract the slot (B8). All slots return in one
 ArrayRecord as ``slot{s}/<canonical key>``; metrics carry ``num-examples`` (sum over the trained
 slots) and per-slot ``slot-loss`` and ``slot-examples`` lists, in ascending slot order. A task
-with zero local examples has no slot and sends nothing.
+with zero local examples has no slot and sends nothing. Evaluate replies carry per-slot results
+and, only in simulation with ``fltac.oracle-eval``, each slot's task tag; the task names never
+leave a deployed device.
 """
 
 from __future__ import annotations
@@ -19,64 +21,46 @@ import torch
 from flwr.app import Message, RecordDict
 from peft import PeftModel
 
+from fedhet.client.adapters import (
+    adapter_model,
+    device_slots,
+    eval_reply,
+    evaluate_slots,
+    head_outputs,
+    initial_adapter_state,
+    run_task_classes,
+)
 from fedhet.client.runtime import (
     ClientContext,
     arrays_of,
     config_of,
     infeasible_reply,
     numpy_to_state,
+    plan_of,
     reply_content,
     state_to_numpy,
 )
-from fedhet.client.text import (
-    TextSlot,
-    device_slots,
-    eval_batches,
-    initial_adapter_state,
-    node_model_source,
-    sample_batches,
-    slot_eval_metrics,
-    task_classes,
-    text_lora_model,
-)
-from fedhet.core.lora import evaluate_adapter, get_adapter_state, set_adapter_state, train_adapter
+from fedhet.core.lora import get_adapter_state, set_adapter_state, train_adapter
 from fedhet.core.seeding import derive_seed
+from fedhet.data.text_slots import TextSlot, sample_batches
 from fedhet.methods.fltac.config import FltacConfig
-from fedhet.methods.fltac.strategy import INIT_PREFIX, split_slot_arrays
+from fedhet.methods.fltac.plan import FltacKnobs
+from fedhet.methods.fltac.wire import slot_key, split_init_arrays, split_slot_arrays
 
 log = logging.getLogger("fedhet.fltac")
 
 
-def _num_labels(ctx: ClientContext, mcfg: FltacConfig, slots: list[TextSlot]) -> int:
-    if mcfg.num_labels:
-        return mcfg.num_labels
-    try:
-        return max(task_classes(ctx.run.shared.dataset, ctx.run.shared.seed).values())
-    except Exception:  # own CSV data and no run-wide task table
-        return max((s.num_classes for s in slots), default=2)
-
-
 def _model(ctx: ClientContext, mcfg: FltacConfig, slots: list[TextSlot]) -> PeftModel:
-    num_labels = _num_labels(ctx, mcfg, slots)
-    source = node_model_source(ctx, ctx.run.shared.model, num_labels, ctx.run.shared.seed)
-    return text_lora_model(
-        source,
-        num_labels,
-        mcfg.rank,
-        mcfg.lora_alpha(),
-        mcfg.dropout,
-        mcfg.modules(),
-        ctx.run.shared.seed,
-    )
+    """One C_max-way LoRA model; slots are swapped into its active adapter."""
+    return adapter_model(ctx, mcfg, head_outputs(mcfg, run_task_classes(ctx), slots))
 
 
 def _received_states(
     msg: Message, model: PeftModel, slots: list[TextSlot]
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Slot index → state to start from: the slot's arrays, else ``init/``, else local v⁰."""
-    arrays = arrays_of(msg)
-    init = {k[len(INIT_PREFIX) :]: v for k, v in arrays.items() if k.startswith(INIT_PREFIX)}
-    per_slot = split_slot_arrays({k: v for k, v in arrays.items() if not k.startswith(INIT_PREFIX)})
+    init, rest = split_init_arrays(arrays_of(msg))
+    per_slot = split_slot_arrays(rest)
     out = {}
     for slot in slots:
         if slot.index in per_slot:
@@ -87,6 +71,20 @@ def _received_states(
             log.warning("slot %d: no state received; starting from the local v⁰", slot.index)
             out[slot.index] = initial_adapter_state(model)
     return out
+
+
+def task_tags_allowed(ctx: ClientContext, mcfg: FltacConfig) -> bool:
+    """Whether evaluate replies may tag slots with their task: simulation + ``oracle-eval`` only.
+
+    Outside simulation a task identity never leaves the device (issue 10 item 8), whatever the
+    run config says.
+    """
+    if not mcfg.oracle_eval:
+        return False
+    if not ctx.simulated:
+        log.warning("fltac.oracle-eval is for simulation only; this device sends no task tags")
+        return False
+    return True
 
 
 def slots_this_round(slots: list[TextSlot], share: float, server_round: int) -> list[TextSlot]:
@@ -106,14 +104,15 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     shared = ctx.run.shared
     cfg = config_of(msg)
     server_round = int(cfg["server-round"])
-    slots = device_slots(ctx, shared.model, mcfg.max_length)
+    slots = device_slots(ctx, mcfg)
     if not slots:
         return infeasible_reply("this device holds no text data")
     model = _model(ctx, mcfg, slots)
     states = _received_states(msg, model, slots)
-    steps = int(cfg.get("steps", mcfg.steps))
+    _, knobs = plan_of(msg, FltacKnobs)
+    steps = knobs.steps
     lr = float(cfg.get("lr", mcfg.lr))
-    chosen = slots_this_round(slots, float(cfg.get("slot-share", 1.0)), server_round)
+    chosen = slots_this_round(slots, knobs.slot_share, server_round)
     start = time.perf_counter()
     arrays: dict[str, np.ndarray] = {}
     losses: list[float] = []
@@ -131,7 +130,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         )
         result = train_adapter(model, batches, lr=lr, num_classes_task=slot.num_classes)
         for key, value in state_to_numpy(get_adapter_state(model)).items():
-            arrays[f"slot{slot.index}/{key}"] = value
+            arrays[slot_key(slot.index, key)] = value
         losses.append(float(result["train-loss"]))
         examples.append(slot.num_train)
     n = int(sum(examples))
@@ -141,25 +140,26 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         "train-seconds": time.perf_counter() - start,
         "slot-loss": losses,
         "slot-examples": examples,
-        "plan-steps": steps,
-        "plan-slots": len(chosen),
     }
     return reply_content(arrays, metrics)
 
 
 def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
-    """Evaluate each slot's adapter on its task's local test items (per-slot metric lists)."""
+    """Evaluate each slot's adapter on its task's local test items (per-slot metric lists).
+
+    The reply names no task unless :func:`task_tags_allowed` (simulation + ``fltac.oracle-eval``).
+    """
     mcfg: FltacConfig = ctx.run.method  # type: ignore[assignment]
-    slots = device_slots(ctx, ctx.run.shared.model, mcfg.max_length)
+    with_tasks = task_tags_allowed(ctx, mcfg)
+    slots = device_slots(ctx, mcfg)
     if not slots:
-        return reply_content(None, slot_eval_metrics([]))
+        return eval_reply([], with_tasks=with_tasks)
     model = _model(ctx, mcfg, slots)
     states = _received_states(msg, model, slots)
-    results = []
-    for slot in slots:
-        set_adapter_state(model, states[slot.index])
-        correct, total, loss = evaluate_adapter(
-            model, eval_batches(slot.test, mcfg.eval_batch_size), slot.num_classes
-        )
-        results.append((slot, correct, total, loss))
-    return reply_content(None, slot_eval_metrics(results))
+    results = evaluate_slots(
+        model,
+        slots,
+        mcfg.eval_batch_size,
+        lambda slot: set_adapter_state(model, states[slot.index]),
+    )
+    return eval_reply(results, with_tasks=with_tasks)

@@ -58,6 +58,11 @@ class FltacConfig(LoraAdapterSettings):
         follow ``stale``. Default off (METHODS.md §2: slots = n-tasks).
     eval_batch_size : int
         Batch size of local evaluation.
+    oracle_eval : bool
+        Simulation-only evaluator (METHODS.md §4.2 step 6, §4.4): simulated devices tag each
+        evaluated slot with its task (CRC-32 of the name) and the server logs per-task accuracy
+        and cluster purity. Default off. Outside simulation devices never send task tags, even
+        when this is on (issue 10 item 8); the clustering never reads them either way.
     """
 
     rank: int = Field(1, ge=1, le=256, description="LoRA rank of each task adapter (paper: 1).")
@@ -67,3 +72,6 @@ class FltacConfig(LoraAdapterSettings):
     stale: Literal["nearest", "keep"] = Field("nearest", description="Rule for slots not uploaded.")
     scale_steps: bool = Field(False, description="Scale τ by the device's time budget.")
     scale_slots: bool = Field(False, description="Weak devices train fewer slots per round.")
+    oracle_eval: bool = Field(
+        False, description="Simulation only: per-task accuracy and cluster purity from task tags."
+    )

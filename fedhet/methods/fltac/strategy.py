@@ -2,60 +2,53 @@
 
 FL-TAC (arXiv 2404.15384, METHODS.md §4.2). The server keeps V[device-id, slot] (a slot is a
 device's local task index; the server never learns which task is behind it). Every round it sends
-each sampled device its slots as ``slot{s}/<canonical key>``, stacks the uploaded slots as rows of
-their flattened LoRA A/B tensors (canonical order, unscaled, heads excluded), runs K-means with
-K = number of tasks (METHODS.md B9), averages LoRA tensors and heads within each cluster
-(unweighted, paper; ``fltac.weighted`` weights by slot samples) and stores the cluster mean in
-every uploaded slot. Slots that were not uploaded follow ``fltac.stale``.
+each sampled device its slots as ``slot{s}/<canonical key>`` (:mod:`fedhet.methods.fltac.wire`),
+stacks the uploaded slots as rows of their flattened LoRA A/B tensors (canonical order, unscaled,
+heads excluded), runs K-means with K = number of tasks (METHODS.md B9), averages LoRA tensors and
+heads within each cluster (unweighted, paper; ``fltac.weighted`` weights by slot samples) and
+stores the cluster mean in every uploaded slot. Slots that were not uploaded follow
+``fltac.stale``.
 
-Blindness: the clustering path reads only the slot arrays. Devices' evaluate replies carry a task
-tag per slot (:func:`fedhet.client.text.task_tag`); :meth:`FltacStrategy.aggregate_evaluate` uses
-those tags only to log per-task accuracy and cluster purity, after the round's clustering is done.
+Blindness (issue 10 item 8): the clustering reads only the slot arrays and per-slot example
+counts. Task identity never leaves a device outside simulation: devices tag evaluated slots with
+their task only when simulated and ``fltac.oracle-eval`` is on, the server reads those tags only
+then (from nodes whose profile says simulated), uses them after the round's clustering to log
+per-task accuracy and cluster purity, and never writes a slot→task map into a checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Message, MetricRecord
 
 from fedhet.config import ConfigError
+from fedhet.core.aggregate import Contribution, weighted_mean
 from fedhet.core.cluster import cluster_purity, kmeans_labels, nearest_centroid
 from fedhet.core.lora import count_trainable, flatten_lora, head_keys, lora_keys
 from fedhet.core.seeding import derive_seed
+from fedhet.core.task_eval import SLOT_INDEX, SLOT_TASK
 from fedhet.methods.fltac.config import FltacConfig
+from fedhet.methods.fltac.plan import FltacKnobs
+from fedhet.methods.fltac.wire import (
+    MAX_SLOTS,
+    SLOT_NAME,
+    SlotState,
+    init_arrays,
+    slot_arrays,
+    slot_key,
+    split_slot_arrays,
+)
 from fedhet.plan import Budget
 from fedhet.profile import DeviceProfile
-from fedhet.server.strategy import FedhetStrategy, Node, Reply
+from fedhet.server.adapters import AdapterStrategy
+from fedhet.server.strategy import Node, Reply
 from fedhet.server.validate import ArraySpec, ReplyError, spec_of, validate_arrays
 
 log = logging.getLogger("fedhet.fltac")
-
-SlotState = dict[str, np.ndarray]
-SLOT_NAME = re.compile(r"^slot(\d+)/(.+)$")
-INIT_PREFIX = "init/"
-MAX_SLOTS = 1024
-
-
-def slot_arrays(slots: dict[int, SlotState]) -> dict[str, np.ndarray]:
-    """``{s: state}`` → wire arrays ``slot{s}/<key>`` (slots ascending, keys canonical)."""
-    return {f"slot{s}/{k}": v for s in sorted(slots) for k, v in slots[s].items()}
-
-
-def split_slot_arrays(arrays: dict[str, np.ndarray]) -> dict[int, SlotState]:
-    """Wire arrays ``slot{s}/<key>`` → ``{s: {key: array}}``; other names raise ``ValueError``."""
-    out: dict[int, SlotState] = {}
-    for name, arr in arrays.items():
-        match = SLOT_NAME.match(name)
-        if match is None:
-            raise ValueError(f"array {name!r} is not named slot<s>/<key>")
-        out.setdefault(int(match.group(1)), {})[match.group(2)] = arr
-    return {s: dict(sorted(out[s].items())) for s in sorted(out)}
 
 
 def lora_row(state: SlotState) -> np.ndarray:
@@ -83,7 +76,7 @@ def cluster_slot_states(
         K-means ``random_state``.
     weights : sequence of float, optional
         Per-state weights of the cluster mean (``fltac.weighted``: slot samples); ``None`` is the
-        paper's unweighted mean.
+        paper's unweighted mean. A cluster whose weights sum to 0 is averaged unweighted.
     normalise : bool
         Cosine K-means on L2-normalised rows.
 
@@ -97,22 +90,12 @@ def cluster_slot_states(
         return np.zeros(0, dtype=np.int64), []
     rows = np.stack([lora_row(s) for s in states])
     labels, _ = kmeans_labels(rows, k, seed, normalise=normalise)
-    w = np.ones(len(states)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = [1.0] * len(states) if weights is None else [float(x) for x in weights]
     means: list[SlotState] = []
     for c in range(int(labels.max()) + 1):
         members = [int(i) for i in np.flatnonzero(labels == c)]
-        wc = w[members]
-        if wc.sum() <= 0:
-            wc = np.ones_like(wc)
-        wc = wc / wc.sum()
-        means.append(
-            {
-                key: np.tensordot(wc, np.stack([states[i][key] for i in members]), axes=1).astype(
-                    states[members[0]][key].dtype
-                )
-                for key in states[members[0]]
-            }
-        )
+        contribs = [Contribution(states[i], w[i]) for i in members]
+        means.append(weighted_mean(contribs, states[members[0]]))
     return labels, means
 
 
@@ -120,11 +103,7 @@ def _as_torch(state: SlotState) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
 
 
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else []
-
-
-class FltacStrategy(FedhetStrategy):
+class FltacStrategy(AdapterStrategy):
     """FL-TAC server (arXiv 2404.15384): adapter clustering over blind task slots.
 
     ``global_arrays`` holds the K current cluster means as ``cluster{c}/<key>`` (what a
@@ -132,6 +111,7 @@ class FltacStrategy(FedhetStrategy):
     """
 
     name: ClassVar[str] = "fltac"
+    knobs_model = FltacKnobs
     personalised: ClassVar[bool] = True
 
     mcfg: FltacConfig
@@ -141,46 +121,33 @@ class FltacStrategy(FedhetStrategy):
     # ------------------------------------------------------------------------------------------
     def initial_arrays(self) -> dict[str, np.ndarray]:
         """v⁰ (seeded peft init, B = 0, seeded C_max-way head) for each of the K clusters."""
-        from fedhet.client.text import backbone_parameter_count, task_classes, text_lora_model
-        from fedhet.core.lora import get_adapter_state
-
         mcfg: FltacConfig = self.mcfg  # type: ignore[assignment]
         try:
-            classes = task_classes(self.shared.dataset, self.shared.seed)
-        except (ConfigError, FileNotFoundError) as exc:
+            classes = self.dataset_task_classes()
+        except ConfigError as exc:
             if not (mcfg.k and mcfg.num_labels):
                 raise ConfigError(
                     f"FL-TAC server cannot read the tasks of dataset {self.shared.dataset!r} "
                     f"({exc}); set 'fltac.k' and 'fltac.num-labels' explicitly"
                 ) from None
             classes = {}
-        self.task_names: list[str] = list(classes)
+        self.task_names = list(classes)
         self.num_labels = mcfg.num_labels or max(classes.values())
         self.k = mcfg.k or len(classes)
-        model = text_lora_model(
-            self.shared.model,
-            self.num_labels,
-            mcfg.rank,
-            mcfg.lora_alpha(),
-            mcfg.dropout,
-            mcfg.modules(),
-            self.shared.seed,
-        )
-        self.v0: SlotState = {k: v.numpy().copy() for k, v in get_adapter_state(model).items()}
+        model, self.v0 = self.build_adapter_model(self.num_labels)
         self.slot_spec: dict[str, ArraySpec] = spec_of(self.v0)
         self.lora_params = int(sum(self.v0[k].size for k in lora_keys(_as_torch(self.v0))))
         self.head_params = int(sum(self.v0[k].size for k in head_keys(_as_torch(self.v0))))
-        self.backbone_params = backbone_parameter_count(model)
-        assert count_trainable(model) == self.lora_params + self.head_params
-        # V[device-id][slot], cluster labels of this round's uploads, evaluation-only task map
+        if count_trainable(model) != self.lora_params + self.head_params:
+            raise RuntimeError("FL-TAC: trainable parameters differ from one slot's state")
+        # V[device-id][slot] and the cluster labels of this round's uploads
         self.slots: dict[str, dict[int, SlotState]] = {}
         self.round_labels: dict[tuple[str, int], int] = {}
+        # oracle evaluator only (fltac.oracle-eval, simulated nodes): never checkpointed
         self.eval_slot_tasks: dict[tuple[str, int], int] = {}
         return {f"cluster{c}/{k}": v.copy() for c in range(self.k) for k, v in self.v0.items()}
 
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, FltacKnobs, str]:
         """τ_i and the share of slots per round from the time budget T (METHODS.md §2).
 
         Rank is fleet-wide (K-means needs equal shapes). ``fltac.scale-steps``:
@@ -190,20 +157,22 @@ class FltacStrategy(FedhetStrategy):
         mcfg: FltacConfig = self.mcfg  # type: ignore[assignment]
         steps = max(1, round(mcfg.steps * budget.time)) if mcfg.scale_steps else mcfg.steps
         share = float(budget.time) if mcfg.scale_slots else 1.0
-        return True, {"steps": steps, "slot-share": share, "rank": mcfg.rank}, ""
+        return True, FltacKnobs(steps=steps, slot_share=share, rank=mcfg.rank), ""
 
     def summary(self) -> None:
+        """Log the settings, K, C_max and the per-slot parameter counts."""
         super().summary()
+        mcfg: FltacConfig = self.mcfg  # type: ignore[assignment]
         log.info(
             "  FL-TAC: K=%d, C_max=%d, rank %d: %d LoRA + %d head values per slot; backbone %d "
-            "(frozen, never sent); tasks known to the evaluator: %s",
+            "(frozen, never sent); oracle evaluator %s",
             self.k,
             self.num_labels,
-            self.mcfg.rank,
-            self.lora_params,  # type: ignore[attr-defined]
+            mcfg.rank,
+            self.lora_params,
             self.head_params,
             self.backbone_params,
-            self.task_names,
+            f"on (simulated nodes; tasks {self.task_names})" if mcfg.oracle_eval else "off",
         )
 
     # ------------------------------------------------------------------------------------------
@@ -223,17 +192,17 @@ class FltacStrategy(FedhetStrategy):
         known = self._known_slots(node)
         if known:
             return slot_arrays(known)
-        return {f"{INIT_PREFIX}{k}": v for k, v in self.v0.items()}
+        return init_arrays(self.v0)
 
     def train_payload(
         self, node: Node, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The device's slots (or v⁰ as ``init/`` before its slot count is known), τ_i, lr."""
-        knobs = node.plan.knobs
+        """The device's slots (or v⁰ as ``init/`` before its slot count is known), lr, slot count.
+
+        τ_i and the slot share travel in the plan (:class:`~fedhet.methods.fltac.plan.FltacKnobs`).
+        """
         mcfg: FltacConfig = self.mcfg  # type: ignore[assignment]
         extra = {
-            "steps": int(knobs.get("steps", mcfg.steps)),
-            "slot-share": float(knobs.get("slot-share", 1.0)),
             "lr": float(mcfg.lr),
             "num-slots": len(self._known_slots(node)),
         }
@@ -248,7 +217,7 @@ class FltacStrategy(FedhetStrategy):
     def expected_reply(self, node: Node, server_round: int) -> dict[str, ArraySpec]:
         """Every known slot with the canonical keys (a device may upload a subset)."""
         return {
-            f"slot{s}/{k}": spec
+            slot_key(s, k): spec
             for s in self._known_slots(node)
             for k, spec in self.slot_spec.items()
         }
@@ -283,7 +252,7 @@ class FltacStrategy(FedhetStrategy):
         for s in uploaded:
             if s >= MAX_SLOTS or (known and s not in known):
                 raise ReplyError(f"slot {s} is not one of this device's slots {sorted(known)}")
-        expected = {f"slot{s}/{k}": spec for s in uploaded for k, spec in self.slot_spec.items()}
+        expected = {slot_key(s, k): spec for s in uploaded for k, spec in self.slot_spec.items()}
         validate_arrays(arrays, expected, required=True)
         for key in ("slot-loss", "slot-examples"):
             values = list(metrics.get(key, []))
@@ -293,6 +262,9 @@ class FltacStrategy(FedhetStrategy):
                 )
             if not all(np.isfinite(float(v)) and float(v) >= 0 for v in values):
                 raise ReplyError(f"metric {key!r} has negative or non-finite values")
+        if any(float(n) <= 0 for n in metrics["slot-examples"]):
+            # a slot without examples cannot have trained; its weight would be zero
+            raise ReplyError("metric 'slot-examples' has a slot with no examples")
 
     # ------------------------------------------------------------------------------------------
     # aggregation
@@ -336,8 +308,7 @@ class FltacStrategy(FedhetStrategy):
                 "lora-params-per-slot": self.lora_params,
                 "head-params-per-slot": self.head_params,
                 "uploaded-params": len(states) * (self.lora_params + self.head_params),
-                "full-finetune-bytes-per-device": 4 * (self.backbone_params + self.head_params),
-                "full-finetune-bytes-up": 4 * (self.backbone_params + self.head_params) * n_devices,
+                **self.full_finetune_extras(n_devices),
             }
         )
         log.info(
@@ -366,28 +337,23 @@ class FltacStrategy(FedhetStrategy):
         return count
 
     # ------------------------------------------------------------------------------------------
-    # evaluation (simulation evaluator: per-task accuracy and purity)
+    # evaluation (oracle evaluator: simulation only, behind fltac.oracle-eval)
     # ------------------------------------------------------------------------------------------
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Base accuracy plus per-task accuracy and clustering purity (logging only)."""
-        from fedhet.client.text import task_accuracy, task_accuracy_extras
+    def reads_task_tags(self, node: Node) -> bool:
+        """Only with ``fltac.oracle-eval`` and only from nodes whose profile says simulated."""
+        return bool(self.mcfg.oracle_eval) and node.profile.simulated  # type: ignore[attr-defined]
 
-        replies = list(replies)
-        result = super().aggregate_evaluate(server_round, replies)
-        metrics = []
-        for reply in replies:
-            node = self._reply_node(reply)
-            if node is None or reply.has_error():
-                continue
-            m = dict(reply.content.metric_records.get("metrics", MetricRecord()))
-            metrics.append(m)
-            for s, tag in zip(
-                _as_list(m.get("eval-slot-index")), _as_list(m.get("eval-slot-task")), strict=False
-            ):
-                self.eval_slot_tasks[(node.device_id, int(s))] = int(tag)
-        task_accuracy_extras(self.current.extras, task_accuracy(metrics, self.task_names))
+    def evaluate_tasks(self, server_round: int, tagged: list[tuple[Node, dict[str, Any]]]) -> None:
+        """Per-task accuracy and the purity of this round's clusters against the true tasks.
+
+        Runs after the round's clustering; nothing here feeds back into the algorithm.
+        """
+        super().evaluate_tasks(server_round, tagged)
+        for node, m in tagged:
+            indices, tags = m.get(SLOT_INDEX), m.get(SLOT_TASK)
+            if isinstance(indices, list) and isinstance(tags, list):
+                for s, tag in zip(indices, tags, strict=False):
+                    self.eval_slot_tasks[(node.device_id, int(s))] = int(tag)
         known = [o for o in self.round_labels if o in self.eval_slot_tasks]
         if known:
             purity = cluster_purity(
@@ -398,16 +364,12 @@ class FltacStrategy(FedhetStrategy):
             log.info(
                 "round %d: cluster purity %.3f over %d slots", server_round, purity, len(known)
             )
-        return result
-
-    def server_evaluate(self, server_round: int) -> dict[str, float]:
-        """No server-side test set: text tasks are evaluated on the devices."""
-        return {}
 
     # ------------------------------------------------------------------------------------------
-    # checkpoints
+    # checkpoints: the slot table only (no task map, whatever the evaluator knew)
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """V[device-id][slot] as tensors."""
         return {
             "slots": {
                 device: {
@@ -416,14 +378,15 @@ class FltacStrategy(FedhetStrategy):
                 }
                 for device, slots in self.slots.items()
             },
-            "eval-slot-tasks": [[d, s, t] for (d, s), t in self.eval_slot_tasks.items()],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore V[device-id][slot]; a task map in an older checkpoint is ignored."""
         self.slots = {
             device: {
                 int(s): {k: v.numpy().copy() for k, v in st.items()} for s, st in slots.items()
             }
             for device, slots in state.get("slots", {}).items()
         }
-        self.eval_slot_tasks = {(d, int(s)): int(t) for d, s, t in state.get("eval-slot-tasks", [])}
+        if "eval-slot-tasks" in state:
+            log.warning("checkpoint holds a slot→task map (older fedhet); ignored")

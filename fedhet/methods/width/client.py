@@ -15,25 +15,28 @@ import torch
 from flwr.app import Message, RecordDict
 from torch import nn
 
+from fedhet.client.evaluation import evaluate_image_model
 from fedhet.client.runtime import (
     ClientContext,
     arrays_of,
     config_of,
     numpy_to_state,
+    plan_of,
     reply_content,
     state_to_numpy,
 )
-from fedhet.client.training import evaluate_model, train_sgd
+from fedhet.client.training import train_sgd
 from fedhet.methods.width.config import WidthConfig
-from fedhet.methods.width.strategy import BETA_KEY
+from fedhet.methods.width.plan import WidthKnobs
 from fedhet.models import build_model
 
 
-def _slice_model(msg: Message, ctx: ClientContext, num_classes: int) -> tuple[nn.Module, float]:
-    beta = float(config_of(msg)[BETA_KEY])
-    model = build_model(ctx.run.shared.model, num_classes=num_classes, width=beta)
+def _slice_model(msg: Message, ctx: ClientContext, num_classes: int) -> nn.Module:
+    """The received width-β slice loaded into ``build_model(model, width=β)``; β from the plan."""
+    _, knobs = plan_of(msg, WidthKnobs)
+    model = build_model(ctx.run.shared.model, num_classes=num_classes, width=knobs.beta)
     model.load_state_dict(numpy_to_state(arrays_of(msg)))
-    return model, beta
+    return model
 
 
 @contextmanager
@@ -61,21 +64,15 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     wcfg: WidthConfig = ctx.run.method_as(WidthConfig)
     split = ctx.data()
     server_round = int(config_of(msg)["server-round"])
-    model, beta = _slice_model(msg, ctx, split.train.num_classes)
+    _, knobs = plan_of(msg, WidthKnobs)
+    model = _slice_model(msg, ctx, split.train.num_classes)
     batches = ctx.local_batches(split.train, server_round)
-    with width_scaler(model, beta, wcfg.width_scaler):
+    with width_scaler(model, knobs.beta, wcfg.width_scaler):
         metrics = train_sgd(model, batches, lr=shared.lr)
     metrics["num-examples"] = len(split.train)
-    metrics["plan-beta"] = beta
     return reply_content(state_to_numpy(model.state_dict()), metrics)
 
 
 def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
     """Accuracy of the received static slice on the device's local test set."""
-    split = ctx.data()
-    model, _ = _slice_model(msg, ctx, split.test.num_classes)
-    correct, total, loss = evaluate_model(model, split.test)
-    return reply_content(
-        None,
-        {"num-examples": total, "eval-correct": correct, "eval-loss": loss, "eval-examples": total},
-    )
+    return evaluate_image_model(msg, ctx, _slice_model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fedhet.server.sizes import SizeLadderConfig
+from fedhet.sizes import SizeLadderConfig
 
 
 class WidthConfig(SizeLadderConfig):

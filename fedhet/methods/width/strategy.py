@@ -23,6 +23,7 @@ from fedhet.config import ConfigError, RunConfig
 from fedhet.core.aggregate import Contribution, masked_mean
 from fedhet.core.width import WIDTH_MODELS, extract_submodel, scatter_submodel, width_indices
 from fedhet.methods.width.config import WidthConfig
+from fedhet.methods.width.plan import WidthKnobs
 from fedhet.plan import Budget
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
@@ -32,15 +33,13 @@ from fedhet.server.validate import ArraySpec, ReplyError, spec_of
 
 log = logging.getLogger("fedhet")
 
-BETA_KEY = "width-beta"
-OFFSET_KEY = "width-offset"
-
 
 class WidthStrategy(SizedStrategy):
     """Shared server of the width baselines; subclasses set :attr:`mode`.
 
-    Plan knobs: ``gamma`` (as FIARSE assigns it) and ``beta`` = √γ. Train config carries
-    ``width-beta`` and ``width-offset`` (the rolling window's start; 0 for static). Metrics as
+    Plan knobs (:class:`~fedhet.methods.width.plan.WidthKnobs`): ``gamma`` (as FIARSE assigns
+    it) and ``beta`` = √γ; the device reads β from its plan. The rolling window's start is the
+    server's business (it cuts the slice) and is logged per node as ``width-offset``. Metrics as
     FIARSE's: ``server-accuracy`` = Global (mean over ladder sizes of the static slice's
     global-test accuracy), ``server-accuracy-g<γ>``, ``model-accuracy-g<γ>``, ``local-accuracy``,
     ``train-bytes-down`` / ``train-bytes-up``.
@@ -49,6 +48,7 @@ class WidthStrategy(SizedStrategy):
     name: ClassVar[str] = "width"
     #: ``static`` (HeteroFL) or ``rolling`` (FedRolex), see :func:`fedhet.core.width.kept_units`.
     mode: ClassVar[str] = "static"
+    knobs_model = WidthKnobs
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         super().__init__(cfg, run_dir)
@@ -63,13 +63,10 @@ class WidthStrategy(SizedStrategy):
 
     # plan -------------------------------------------------------------------------------------
     # slices -----------------------------------------------------------------------------------
-    def plan_knobs(
-        self, profile: DeviceProfile, budget: Budget
-    ) -> tuple[bool, dict[str, Any], str]:
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, WidthKnobs, str]:
         """The shared size plan plus width β = √γ (so slices match FIARSE's parameter budget)."""
-        participates, knobs, reason = super().plan_knobs(profile, budget)
-        knobs["beta"] = math.sqrt(float(knobs["gamma"]))
-        return participates, knobs, reason
+        gamma, source = self.device_size(profile, budget)
+        return True, WidthKnobs(gamma=gamma, size_source=source, beta=math.sqrt(gamma)), ""
 
     def _global_torch(self) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.asarray(v)) for k, v in self.global_arrays.items()}
@@ -91,15 +88,17 @@ class WidthStrategy(SizedStrategy):
     def train_payload(
         self, node: Node, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        beta = float(node.plan.knobs["beta"])
+        knobs = node.plan.knobs_as(WidthKnobs)
+        beta = knobs.beta
         offset = self.offset(server_round)
         idx, sub = self.slice_for(beta, self.mode, offset)
         self._round_indices[node.device_id] = idx
         self._round_specs[node.device_id] = spec_of(sub)
         entry = self.current.node(node)
-        entry["width-gamma"] = float(node.plan.knobs["gamma"])
+        entry["width-gamma"] = knobs.gamma
         entry["width-beta"] = beta
-        return sub, {BETA_KEY: beta, OFFSET_KEY: offset}
+        entry["width-offset"] = offset
+        return sub, {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -140,9 +139,8 @@ class WidthStrategy(SizedStrategy):
         self, node: Node, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The static slice of the device's own width (B12: evaluation uses the static slice)."""
-        beta = float(node.plan.knobs["beta"])
-        _, sub = self.slice_for(beta, "static", 0)
-        return sub, {BETA_KEY: beta, OFFSET_KEY: 0}
+        _, sub = self.slice_for(node.plan.knobs_as(WidthKnobs).beta, "static", 0)
+        return sub, {}
 
     def size_model(self, gamma: float, num_classes: int) -> Any:
         """The static width-√γ slice (B12: evaluation uses the static slice)."""

@@ -1,0 +1,31 @@
+"""FedIT wire format: per-task heads keyed by task name (arXiv 2305.05644; METHODS.md §4.2).
+
+Both halves import this module. A FedIT device uploads its one shared LoRA adapter plus the heads
+of the tasks it holds; a head's keys carry the task name (``….heads.<task>.<param>``, from
+:class:`fedhet.models.text.TaskHeads`), and :data:`TASK_EXAMPLES` gives one example count per
+uploaded head, in the heads' sorted task-name order. Naming tasks is FedIT's design (heads are
+averaged per task name); it is the task identity FL-TAC does without.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+HEAD_KEY = re.compile(r"^(?P<prefix>.*\.heads\.)(?P<task>[^.]+)\.(?P<param>.+)$")
+TASK_EXAMPLES = "task-examples"
+"""Train-reply metric: local training examples per uploaded head (sorted by task name)."""
+
+
+def head_task(key: str) -> tuple[str, str] | None:
+    """``(task, param)`` of a per-task head key, ``None`` for other keys."""
+    match = HEAD_KEY.match(key)
+    return (match.group("task"), match.group("param")) if match else None
+
+
+def head_tasks(keys: Iterable[str]) -> list[str]:
+    """Sorted task names of the head keys among ``keys`` (array names)."""
+    return sorted({p[0] for k in keys if (p := head_task(k))})
+
+
+__all__ = ["HEAD_KEY", "TASK_EXAMPLES", "head_task", "head_tasks"]

@@ -1,0 +1,94 @@
+"""Checkpoints and resume: a run started again under the same name continues where it stopped.
+
+A checkpoint holds the round, the method name, the global arrays, the method's own state
+(``state_dict``) and the byte totals (:func:`checkpoint_state`). :func:`resume_point` checks that
+the run folder was started with the same config, writes the config, and returns the last
+checkpoint, trimming ``metrics.jsonl`` to it so that no round is logged twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedhet.config import ConfigError
+from fedhet.server.run_dir import RunDir
+
+log = logging.getLogger("fedhet")
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint restores."""
+
+    server_round: int
+    global_arrays: dict[str, np.ndarray]
+    strategy_state: dict[str, Any]
+    totals: dict[str, int] | None
+
+
+def checkpoint_state(
+    server_round: int,
+    method: str,
+    global_arrays: Mapping[str, np.ndarray],
+    strategy_state: dict[str, Any],
+    totals: Mapping[str, int],
+) -> dict[str, Any]:
+    """The object :meth:`RunDir.save_checkpoint` stores after ``server_round``."""
+    return {
+        "round": server_round,
+        "method": method,
+        "global": {k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()},
+        "strategy": strategy_state,
+        "totals": dict(totals),
+    }
+
+
+def resume_point(run_dir: RunDir, raw_config: dict[str, Any]) -> Checkpoint | None:
+    """Prepare ``run_dir`` for a (re)start and return its last checkpoint, if any.
+
+    Parameters
+    ----------
+    run_dir : RunDir
+        The run's output folder.
+    raw_config : dict[str, Any]
+        The run config as given (compared with the folder's stored config).
+
+    Returns
+    -------
+    Checkpoint | None
+        The last checkpoint; ``None`` for a fresh start (any metric lines of a run that stopped
+        before its first checkpoint are dropped).
+
+    Raises
+    ------
+    ConfigError
+        If the folder holds checkpoints of a run with a different config.
+    """
+    conflicts = run_dir.config_conflicts(raw_config)
+    if conflicts and run_dir.checkpoint_rounds():
+        raise ConfigError(
+            f"run folder {run_dir.path} was started with a different config ("
+            + "; ".join(conflicts[:5])
+            + "). Use another 'run-name' to start a new run, or the same config to resume."
+        )
+    run_dir.write_config(raw_config)
+    latest = run_dir.load_latest_checkpoint()
+    if latest is None:
+        # a run that stopped before its first checkpoint starts over: drop its metric lines
+        run_dir.truncate_metrics(0)
+        return None
+    last, state = latest
+    run_dir.truncate_metrics(last)
+    log.info("resuming run %s from checkpoint of round %d", run_dir.path.name, last)
+    return Checkpoint(
+        server_round=last,
+        global_arrays={k: v.numpy() for k, v in state["global"].items()},
+        strategy_state=state.get("strategy", {}),
+        totals=state.get("totals"),
+    )

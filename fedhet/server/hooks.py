@@ -1,0 +1,162 @@
+"""The hooks a fedhet method overrides, with their defaults (plain FedAvg on the run's model).
+
+:class:`MethodHooks` is the method-facing half of :class:`~fedhet.server.strategy.FedhetStrategy`:
+a method subclasses the strategy and overrides only these (``plan_knobs``, ``train_payload``,
+``expected_reply``, ``validate_reply``, ``aggregate``, ``eval_payload``, ``server_evaluate``,
+``state_dict``/``load_state_dict``, ``summary``); the strategy calls them and is the only code
+that talks to the Grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from flwr.app.typing import ConfigRecordValues
+from pydantic import BaseModel
+
+from fedhet.config import RunConfig, SharedConfig
+from fedhet.core.aggregate import Contribution, weighted_mean
+from fedhet.core.seeding import derive_seed
+from fedhet.data.base import TensorData
+from fedhet.plan import Budget, FleetReference, Knobs
+from fedhet.profile import DeviceProfile
+from fedhet.server.evaluation import global_model_metrics
+from fedhet.server.registration import Node
+from fedhet.server.replies import Reply
+from fedhet.server.validate import ArraySpec, spec_of, validate_arrays
+
+log = logging.getLogger("fedhet")
+
+#: Named arrays, as the hooks exchange them.
+Arrays = dict[str, np.ndarray]
+#: Extra config entries of a message.
+ConfigValues = dict[str, ConfigRecordValues]
+
+
+class MethodHooks:
+    """Default hooks; :class:`~fedhet.server.strategy.FedhetStrategy` provides the state.
+
+    Attributes
+    ----------
+    cfg : RunConfig
+        The parsed run config; ``shared`` and ``mcfg`` are its shared and method parts.
+    global_arrays : dict[str, np.ndarray]
+        The global model (or adapters) the method aggregates into.
+    nodes : dict[int, Node]
+        Registered nodes by node id.
+    """
+
+    name: ClassVar[str] = "base"
+    #: The method's per-node knobs (its folder's ``plan.py``); :meth:`plan_knobs` returns one.
+    knobs_model: ClassVar[type[Knobs]] = Knobs
+
+    cfg: RunConfig
+    shared: SharedConfig
+    mcfg: BaseModel
+    global_arrays: Arrays
+
+    @property
+    def nodes(self) -> dict[int, Node]:
+        """Registered nodes by node id (provided by the strategy)."""
+        raise NotImplementedError
+
+    def _global_test(self) -> TensorData | None:
+        raise NotImplementedError
+
+    def initial_arrays(self) -> dict[str, np.ndarray]:
+        """Global arrays at round 0: the run's model, seeded."""
+        from fedhet.models import build_model
+
+        torch.manual_seed(derive_seed(self.shared.seed, "init"))
+        model = build_model(self.shared.model)
+        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+    def fleet_reference(self) -> FleetReference:
+        """Full-training costs of the run's model that budgets are fractions of."""
+        n_bytes = int(sum(a.nbytes for a in self.global_arrays.values()))
+        fastest = min(
+            (n.profile.bench_ms for n in self.nodes.values() if n.profile.bench_ms), default=None
+        )
+        # weights + gradients + optimiser-free SGD + activations (rough: 4x weights)
+        return FleetReference(n_bytes, 4 * n_bytes, fastest)
+
+    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, Knobs, str]:
+        """Plan a newly registered device.
+
+        Parameters
+        ----------
+        profile : DeviceProfile
+            What the device reported.
+        budget : Budget
+            Its T, M, [D_min, D_max] (METHODS.md §2).
+
+        Returns
+        -------
+        tuple[bool, Knobs, str]
+            ``(participates, knobs, reason)``; ``knobs`` must be an instance of
+            :attr:`knobs_model`, ``reason`` explains an exclusion.
+        """
+        return True, self.knobs_model(), ""
+
+    def train_payload(self, node: Node, server_round: int) -> tuple[Arrays, ConfigValues]:
+        """Arrays and extra config sent to ``node`` for training (default: the full global model).
+
+        The node's plan travels in every message anyway (config key ``plan``); the extra config
+        carries per-round data only (thresholds, slot counts …), never a copy of a knob.
+        """
+        return self.global_arrays, {}
+
+    def expected_reply(self, node: Node, server_round: int) -> dict[str, ArraySpec]:
+        """Names, shapes and dtypes a train reply of ``node`` must have (default: the global arrays)."""
+        return spec_of(self.global_arrays)
+
+    def validate_reply(
+        self, node: Node, server_round: int, arrays: Arrays, metrics: dict[str, Any]
+    ) -> None:
+        """Check a train reply before it is aggregated.
+
+        Raises
+        ------
+        ReplyError
+            If the reply cannot be used (default: arrays differ from :meth:`expected_reply`).
+        """
+        validate_arrays(arrays, self.expected_reply(node, server_round), required=True)
+
+    def aggregate(self, server_round: int, replies: list[Reply]) -> None:
+        """Update :attr:`global_arrays` from validated replies (default: sample-weighted mean).
+
+        Replies with no training examples carry no weight and are left out; without any
+        weighted reply the global arrays stay as they are.
+        """
+        contribs = [
+            Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0
+        ]
+        if contribs:
+            self.global_arrays = weighted_mean(contribs, self.global_arrays)
+
+    def eval_payload(self, node: Node, server_round: int) -> tuple[Arrays, ConfigValues]:
+        """Arrays and extra config sent to ``node`` for evaluation."""
+        return self.global_arrays, {}
+
+    def server_evaluate(self, server_round: int) -> dict[str, float]:
+        """Server-side metrics on the global test set (default: global model accuracy)."""
+        data = self._global_test()
+        if data is None:
+            return {}
+        return global_model_metrics(self.shared.model, self.global_arrays, data)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra strategy state for checkpoints (method state keyed by device-id)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def summary(self) -> None:
+        """Log the strategy's settings (Flower's abstract ``Strategy.summary``)."""
+        log.info("fedhet method %r (%s)", self.name, type(self).__name__)
+        log.info("  shared: %s", self.shared.model_dump(by_alias=True))
+        log.info("  method: %s", self.mcfg.model_dump(by_alias=True))

@@ -1,0 +1,115 @@
+"""Train replies: the gate between what devices send and what a method aggregates.
+
+Every train reply is checked before a method sees it: an error reply, a reply from an unknown
+node, malformed metrics (:func:`~fedhet.server.validate.validate_train_metrics`) or arrays the
+method rejects (its ``validate_reply`` hook) are dropped with a logged reason, never averaged in
+(METHODS.md B1). A device that could not train replies ``infeasible``; a sampled node that did not
+reply before the timeout is logged as ``no-reply``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from fedhet.server.ledger import RoundLog, to_numpy_dict
+from fedhet.server.registration import Node
+from fedhet.server.validate import ReplyError, validate_train_metrics
+
+log = logging.getLogger("fedhet")
+
+#: A method's reply check: ``(node, arrays, metrics)``; raises ReplyError (or ValueError).
+ReplyCheck = Callable[[Node, dict[str, np.ndarray], dict[str, Any]], None]
+
+
+@dataclass
+class Reply:
+    """A validated train reply."""
+
+    node: Node
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+    num_examples: int
+
+
+def collect_train_replies(
+    replies: Iterable[Message],
+    node_of: Callable[[Message], Node | None],
+    current: RoundLog,
+    totals: dict[str, int],
+    check: ReplyCheck,
+) -> list[Reply]:
+    """The usable train replies of a round; every other one is dropped with its reason.
+
+    Parameters
+    ----------
+    replies : Iterable[Message]
+        The round's train replies.
+    node_of : Callable[[Message], Node | None]
+        The registered node a reply answers for (``None``: unknown).
+    current : RoundLog
+        The round's ledger: bytes, status, train metrics and ``measured-*`` values per node.
+    totals : dict[str, int]
+        Run byte totals, updated in place.
+    check : ReplyCheck
+        The method's reply validation.
+
+    Returns
+    -------
+    list[Reply]
+        Validated replies, in arrival order.
+    """
+    valid: list[Reply] = []
+    for reply in replies:
+        node = node_of(reply)
+        if node is None:
+            current.drop(reply.metadata.src_node_id, None, "train", "reply from unknown node")
+            continue
+        entry = current.node(node)
+        if reply.has_error():
+            entry["status"] = "error"
+            current.drop(
+                node.node_id,
+                node.device_id,
+                "train",
+                f"error reply (code {reply.error.code}): {reply.error.reason}",
+            )
+            continue
+        totals["bytes-up"] += current.count(node, reply.content, "up")
+        try:
+            metrics = dict(reply.content.metric_records.get("metrics", MetricRecord()))
+            if metrics.get("infeasible"):
+                entry["status"] = "infeasible"
+                log.info(
+                    "round %d: node %s could not train (infeasible)",
+                    current.server_round,
+                    node.node_id,
+                )
+                continue
+            arrays = to_numpy_dict(reply.content.array_records.get("arrays", ArrayRecord()))
+            n = validate_train_metrics(metrics)
+            check(node, arrays, metrics)
+        except (ReplyError, ValueError, TypeError) as exc:
+            entry["status"] = "dropped"
+            current.drop(node.node_id, node.device_id, "train", str(exc))
+            continue
+        entry.update(
+            status="trained",
+            **{
+                k: metrics[k]
+                for k in ("train-seconds", "num-examples", "train-loss")
+                if k in metrics
+            },
+        )
+        entry.update({k: v for k, v in metrics.items() if k.startswith("measured-")})
+        valid.append(Reply(node, arrays, metrics, n))
+    for entry in current.nodes.values():
+        if entry["status"] == "sent":
+            entry["status"] = "no-reply"
+            current.drop(entry["node-id"], entry["device-id"], "train", "no reply before timeout")
+    return valid

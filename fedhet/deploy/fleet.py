@@ -28,8 +28,9 @@ from fedhet.deploy.processes import FleetError, ProcessRecord, flower_env
 
 logger = logging.getLogger(__name__)
 
-#: Device classes given to local SuperNodes in turn.
-DEVICE_CLASSES: tuple[str, ...] = ("strong", "medium", "weak")
+#: Device classes given to local SuperNodes in turn (a subset of fedhet.plan.DEVICE_CLASSES;
+#: this package imports nothing else of fedhet, a unit test checks they agree).
+LOCAL_FLEET_CLASSES: tuple[str, ...] = ("strong", "medium", "weak")
 #: Declared uplink bandwidth per device class (Mbit/s).
 BANDWIDTH_MBPS: dict[str, float] = {"strong": 100.0, "medium": 20.0, "weak": 2.0}
 #: Name of the operator's SuperLink connection written to the fleet's Flower config.
@@ -100,7 +101,7 @@ def node_config_string(index: int, num_partitions: int, extra: str = "") -> tupl
     tuple[str, str]
         (device class, ``--node-config`` string).
     """
-    device_class = DEVICE_CLASSES[index % len(DEVICE_CLASSES)]
+    device_class = LOCAL_FLEET_CLASSES[index % len(LOCAL_FLEET_CLASSES)]
     parts = [
         f"partition-id={index}",
         f"num-partitions={num_partitions}",

@@ -72,8 +72,7 @@ def test_weighted_mean_zero_weights_are_a_clear_error():
 def test_base_strategy_leaves_zero_example_replies_out(tmp_path):
     """FedhetStrategy.aggregate: replies without examples carry no weight; none left: no change."""
     from fedhet.config import default_run_config
-    from fedhet.methods import parse_run_config
-    from fedhet.methods import get_method
+    from fedhet.methods import get_method, parse_run_config
     from fedhet.server.strategy import Reply
 
     cfg = parse_run_config(default_run_config(method="fedavg", dataset="digits"))

@@ -143,3 +143,10 @@ def test_device_classes_come_from_the_class_table():
         parse_node_config({"device-class": "huge"})
     with pytest.raises(ConfigError, match="allowed: " + ", ".join(DEVICE_CLASSES)):
         fleet_class('["strong", "huge"]', 1, 2)
+
+
+def test_local_fleet_classes_are_device_classes():
+    from fedhet.deploy.fleet import LOCAL_FLEET_CLASSES
+    from fedhet.plan import DEVICE_CLASSES
+
+    assert set(LOCAL_FLEET_CLASSES) <= set(DEVICE_CLASSES) - {"custom"}

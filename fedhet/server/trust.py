@@ -8,6 +8,8 @@ nor poison the model or the report:
   declared when it registered;
 * :func:`update_norms`: each update's L2 norm relative to what the server sent that node, for the
   norm-outlier filter (:func:`fedhet.core.robust.norm_outliers`);
+* :func:`drop_outliers` / :func:`guarded_aggregate`: the round's norm-outlier filter, and an
+  aggregation that is rolled back (global arrays and method state) when its result is not finite;
 * :class:`IdleWatch`: a run in which no node trained for ``max-idle-rounds`` consecutive rounds
   ends as failed with the reason;
 * :func:`device_in_use`: a second live node claiming a ``device-id`` already in use is refused.
@@ -15,13 +17,16 @@ nor poison the model or the report:
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 
+from fedhet.core.robust import non_finite, norm_outliers
 from fedhet.server.validate import (
     ArraySpec,
     ReplyError,
@@ -30,6 +35,8 @@ from fedhet.server.validate import (
     validate_eval_metrics,
     validate_train_metrics,
 )
+
+log = logging.getLogger("fedhet")
 
 #: The records a train/evaluate reply may carry (``fedhet.client.runtime.reply_content``).
 REPLY_ARRAY_RECORDS = frozenset({"arrays"})
@@ -220,3 +227,105 @@ def device_in_use(
         if dev == device_id and other != node_id and other in live:
             return other
     return None
+
+
+class _Update(Protocol):
+    """What the outlier filter needs of a validated reply (:class:`fedhet.server.replies.Reply`)."""
+
+    @property
+    def node(self) -> Any: ...
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]: ...
+
+
+class _Ledger(Protocol):
+    """What the round helpers write to (:class:`fedhet.server.ledger.RoundLog`)."""
+
+    extras: dict[str, Any]
+
+    def node(self, node: Any) -> dict[str, Any]: ...
+
+    def drop(self, node_id: int, device_id: str | None, stage: str, reason: str) -> None: ...
+
+
+def drop_outliers(
+    valid: Sequence[_Update],
+    sent: Mapping[int, Mapping[str, np.ndarray]],
+    factor: float,
+    current: _Ledger,
+) -> list[Any]:
+    """The replies whose update size is not far outside the round's others.
+
+    Each dropped reply is logged in ``current`` (``dropped``, stage ``train``) with its norm and the
+    round's median (:func:`fedhet.core.robust.norm_outliers` over :func:`update_norms`).
+
+    Parameters
+    ----------
+    valid : Sequence[Reply]
+        The round's validated replies.
+    sent : Mapping[int, Mapping[str, np.ndarray]]
+        What each node was sent for training (empty when replies are updates already).
+    factor : float
+        Run-config ``outlier-factor`` (0: only non-finite updates are dropped).
+    current : RoundLog
+        The round's ledger.
+    """
+    norms = update_norms({r.node.node_id: r.arrays for r in valid}, sent)
+    bad = norm_outliers(norms, factor)
+    for r in valid:
+        if r.node.node_id in bad:
+            current.node(r.node)["status"] = "dropped"
+            current.drop(r.node.node_id, r.node.device_id, "train", str(bad[r.node.node_id]))
+    return [r for r in valid if r.node.node_id not in bad]
+
+
+def _non_finite_state(state: Any, path: str = "strategy") -> list[str]:
+    """Paths of non-finite float tensors/arrays inside a method's ``state_dict``."""
+    if isinstance(state, dict):
+        return [p for k, v in state.items() for p in _non_finite_state(v, f"{path}/{k}")]
+    if isinstance(state, list | tuple):
+        return [p for i, v in enumerate(state) for p in _non_finite_state(v, f"{path}/{i}")]
+    if isinstance(state, torch.Tensor) and state.is_floating_point():
+        return [] if bool(torch.isfinite(state).all()) else [path]
+    if isinstance(state, np.ndarray) and np.issubdtype(state.dtype, np.floating):
+        return [] if bool(np.isfinite(state).all()) else [path]
+    return []
+
+
+class _Aggregating(Protocol):
+    """The strategy side :func:`guarded_aggregate` works on (:class:`FedhetStrategy`)."""
+
+    global_arrays: dict[str, np.ndarray]
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def guarded_aggregate(
+    strategy: _Aggregating,
+    server_round: int,
+    aggregate: Callable[[], None],
+    current: _Ledger,
+) -> str:
+    """Run ``aggregate``; keep its result only if every global array and method state is finite.
+
+    Otherwise the previous global arrays and method state (``state_dict``) are restored, the reason
+    goes to ``current.extras["rolled-back"]`` and the log. Returns the reason ('' when kept).
+    """
+    previous = {k: np.array(v, copy=True) for k, v in strategy.global_arrays.items()}
+    previous_state = strategy.state_dict()
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            aggregate()
+        bad = non_finite(strategy.global_arrays) + _non_finite_state(strategy.state_dict())
+        reason = f"aggregate not finite in {bad[:5]}" if bad else ""
+    except (ValueError, ArithmeticError) as exc:
+        reason = f"aggregation failed: {type(exc).__name__}: {exc}"
+    if reason:
+        strategy.global_arrays = previous
+        strategy.load_state_dict(previous_state)
+        current.extras["rolled-back"] = reason
+        log.error("round %d: %s; kept the previous global model", server_round, reason)
+    return reason

@@ -20,8 +20,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from fedhet.config import parse_run_config
-from fedhet.methods import get_method
+from fedhet.methods import get_method, parse_run_config
 from fedhet.server.run_dir import RunDir, RunDirLocked
 from fedhet.server.trust import RunFailed
 from tests.methods.helpers import make, tiny_config
@@ -139,7 +138,8 @@ def _run(
         return None if corrupt is None else corrupt(reply)
 
     grid.corrupt = hook
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     return strategy, history, victim
 
 
@@ -262,7 +262,8 @@ def test_resume_refuses_planted_checkpoint_and_survives_damage(tmp_path: Path) -
         parse_run_config(raw), RunDir(tmp_path / "t-fedavg")
     )
     # resumes from round 1 (999 planted, 2 truncated): rounds 2 and 3 run again
-    history = resumed.start(grid)
+    resumed.start(grid)
+    history = resumed.history
     assert [h["round"] for h in history] == [2, 3]
     assert not target.exists()
     assert (ckpt / "round-999.pt.rejected").exists() and (ckpt / "round-2.pt.rejected").exists()
@@ -281,7 +282,8 @@ def test_second_server_with_same_run_name_fails_at_start(tmp_path: Path) -> None
         assert not (tmp_path / "t-fedavg" / "metrics.jsonl").exists()
     finally:
         holder.unlock()
-    assert len(strategy.start(grid)) == 2
+    strategy.start(grid)
+    assert len(strategy.history) == 2
 
 
 def test_duplicate_device_id_is_refused_and_first_keeps_training(tmp_path: Path) -> None:
@@ -289,7 +291,8 @@ def test_duplicate_device_id_is_refused_and_first_keeps_training(tmp_path: Path)
     first = grid.add_node({"partition-id": 0, "num-partitions": 2, "device-id": "press-1"})
     second = grid.add_node({"partition-id": 1, "num-partitions": 2, "device-id": "press-1"})
     strategy.shared.min_nodes = 3
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     assert "already in use by live node" in strategy.rejected[second]
     assert str(first) in strategy.rejected[second]
     for h in history:
@@ -312,7 +315,8 @@ def test_rejected_profile_is_asked_again_next_round(tmp_path: Path) -> None:
         return reply
 
     grid.corrupt = corrupt
-    history = strategy.start(grid)
+    strategy.start(grid)
+    history = strategy.history
     assert len(asked) == 2
     assert victim not in {n["node-id"] for n in history[0]["nodes"]}
     assert victim in {n["node-id"] for n in history[1]["nodes"] if n["status"] == "trained"}

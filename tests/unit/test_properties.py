@@ -12,7 +12,8 @@ from flwr.app import Array
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedhet.config import ConfigError, SharedConfig, default_run_config, parse_run_config
+from fedhet.config import ConfigError, SharedConfig, default_run_config
+from fedhet.methods import parse_run_config
 from fedhet.plan import FleetReference, budget_for, reference_bench_ms
 from fedhet.profile import parse_node_config, parse_profile
 from fedhet.server.validate import (

@@ -39,10 +39,15 @@ def kebab(name: str) -> str:
 
 
 class KebabModel(BaseModel):
-    """Base for fedhet config models: kebab-case keys, unknown keys rejected, validated on assignment."""
+    """Base for fedhet config models: kebab-case keys, unknown keys rejected, validated on assignment;
+    NaN and Inf are never valid values (issue 10: every float key finite)."""
 
     model_config = ConfigDict(
-        extra="forbid", alias_generator=kebab, populate_by_name=True, validate_assignment=True
+        extra="forbid",
+        alias_generator=kebab,
+        populate_by_name=True,
+        validate_assignment=True,
+        allow_inf_nan=False,
     )
 
 
@@ -137,8 +142,7 @@ class SharedConfig(KebabModel):
         return Path(raw).expanduser().resolve() if raw else Path.home() / ".fedhet" / "runs"
 
     # --- trust: robust aggregation keys and cross-field rules (issue 10 items 3 and 6) ---------
-    # NaN/Inf are never valid for any key (``lr=inf`` fails at start).
-    model_config = ConfigDict(**{**KebabModel.model_config, "allow_inf_nan": False})
+    # (NaN/Inf are refused for every key by KebabModel: ``lr=inf`` fails at start.)
 
     aggregation: Literal["mean", "trimmed-mean", "median"] = Field(
         "mean",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import psutil
-from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from fedhet.config import KebabModel, kebab, validate_model
 from fedhet.plan import DEVICE_CLASSES
@@ -42,19 +42,9 @@ MAX_CORES = 4096.0
 #: Largest training or test set a device may declare.
 MAX_DECLARED_EXAMPLES = 10**9
 
-#: Profiles and node configs: NaN/Inf are never valid values (``memory-mb=inf`` is an error).
-_FINITE = ConfigDict(
-    extra="forbid",
-    populate_by_name=True,
-    validate_assignment=True,
-    allow_inf_nan=False,
-)
-
 
 class NodeSettings(KebabModel):
     """What only the device knows: its ``--node-config`` (simulation adds partition-id/num-partitions)."""
-
-    model_config = ConfigDict(**{**KebabModel.model_config, **_FINITE})
 
     partition_id: int | None = Field(None, ge=0, description="Partition of the run's dataset.")
     num_partitions: int | None = Field(None, ge=1, description="Number of partitions.")
@@ -108,8 +98,6 @@ class DeviceProfile(KebabModel):
     [0.01, 4096]. ``num-train`` / ``num-test`` are the sizes of the device's local training and test
     sets; the server caps reported example counts at them.
     """
-
-    model_config = ConfigDict(**{**KebabModel.model_config, **_FINITE})
 
     device_id: str = Field(min_length=1, max_length=128)
     device_class: DeviceClass

@@ -220,3 +220,24 @@ def test_reply_metrics_bounded_or_dropped(metrics: dict[str, Any], declared: int
         assert total <= (declared if declared is not None else 10**9)
     except ReplyError as exc:
         assert str(exc)
+
+
+def test_every_float_key_of_every_method_refuses_non_finite_values() -> None:
+    """``lr=inf``-style values fail at start for method keys too, naming the key."""
+    import pytest
+
+    from fedhet.methods import METHODS, get_method
+
+    checked = 0
+    for name in METHODS:
+        cls = get_method(name).config_cls
+        for field_name, info in cls.model_fields.items():
+            if info.annotation is not float:
+                continue
+            key = f"{name}.{field_name.replace('_', '-')}"
+            for bad in (math.inf, math.nan):
+                raw = default_run_config(method=name, **{key: bad})
+                with pytest.raises(ConfigError, match=f"'{key}'"):
+                    parse_run_config(raw)
+            checked += 1
+    assert checked >= 5

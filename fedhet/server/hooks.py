@@ -19,7 +19,7 @@ from flwr.app.typing import ConfigRecordValues
 from pydantic import BaseModel
 
 from fedhet.config import RunConfig, SharedConfig
-from fedhet.core.aggregate import Contribution, weighted_mean
+from fedhet.core.aggregate import Contribution, masked_mean, weighted_mean
 from fedhet.core.robust import robust_aggregate
 from fedhet.core.seeding import derive_seed
 from fedhet.data.base import TensorData
@@ -56,6 +56,8 @@ class MethodHooks:
     knobs_model: ClassVar[type[Knobs]] = Knobs
     #: Train replies carry updates (differences), not parameters (for the norm-outlier filter).
     replies_are_updates: ClassVar[bool] = False
+    #: The method's ``aggregate`` goes through :meth:`combine` (so the robust rules apply).
+    aggregates_with_combine: ClassVar[bool] = False
 
     cfg: RunConfig
     shared: SharedConfig
@@ -159,8 +161,30 @@ class MethodHooks:
             self.global_arrays = weighted_mean(contribs, self.global_arrays)
 
     def supports_robust_rules(self) -> bool:
-        """Whether ``aggregation = trimmed-mean | median`` applies (full-model replies only)."""
-        return type(self).aggregate is MethodHooks.aggregate
+        """Whether ``aggregation = trimmed-mean | median`` applies: the default ``aggregate`` (full
+        models) or a method whose ``aggregate`` uses :meth:`combine`."""
+        return type(self).aggregate is MethodHooks.aggregate or self.aggregates_with_combine
+
+    def combine(
+        self,
+        contribs: list[Contribution],
+        base: Arrays,
+        *,
+        mode: str = "holders",
+        server_lr: float = 1.0,
+    ) -> Arrays:
+        """The run's rule over (masked) contributions: ``masked_mean`` for ``aggregation = mean``,
+        else the coordinate-wise robust rule over each coordinate's holders (unweighted; CoCoFL's
+        zero-fill counting then does not apply)."""
+        if self.shared.aggregation == "mean":
+            return masked_mean(contribs, base, mode=mode, server_lr=server_lr)
+        return robust_aggregate(
+            self.shared.aggregation,
+            contribs,
+            base,
+            trim=self.shared.trim_fraction,
+            server_lr=server_lr,
+        )
 
     def robust_aggregate(self, server_round: int, replies: list[Reply]) -> None:
         """``aggregation = trimmed-mean | median``: coordinate-wise and unweighted over the replies

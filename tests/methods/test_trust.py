@@ -230,7 +230,16 @@ def test_robust_rule_refused_for_method_specific_aggregation(tmp_path: Path) -> 
     from fedhet.config import ConfigError
 
     with pytest.raises(ConfigError, match="'aggregation' = 'median' is not available"):
-        make("fiarse", tmp_path, num_nodes=NODES, aggregation="median")
+        make("fedit", tmp_path, num_nodes=NODES, aggregation="median")
+
+
+@pytest.mark.parametrize("method", ["heterofl", "fiarse", "cocofl"])
+def test_robust_rule_runs_for_masked_methods(tmp_path: Path, method: str) -> None:
+    strategy, grid = make(method, tmp_path, num_nodes=NODES, min_nodes=NODES, aggregation="median")
+    strategy.start(grid)
+    assert [h["round"] for h in strategy.history] == [1, 2]
+    assert all(h["num-trained"] >= 1 for h in strategy.history)
+    assert all(np.isfinite(v).all() for v in strategy.global_arrays.values())
 
 
 class _Payload:

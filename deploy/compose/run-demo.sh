@@ -363,7 +363,7 @@ cmd_demo() {
             status="$status (timeout after $RUN_TIMEOUT s)"
             break
         fi
-        sleep 5
+        sleep 10  # each `flwr ls` is a CLI container start: cheap enough every 10 s
     done
     local run_s=$((SECONDS - t_run))
     log "run $run_id: $status after $run_s s"
@@ -377,12 +377,11 @@ cmd_demo() {
         die "run did not complete"
     fi
 
-    "$ENGINE" run --rm --network none -v "$STATE/run/runs:/runs" "$FEDHET_IMAGE" \
-        fedhet report "/runs/$RUN_NAME" >/dev/null || die "fedhet report failed"
     echo
     echo "== fedhet compose demo: run $run_id ($status, $ROUNDS rounds of fedavg on $DATASET, ${run_s} s) =="
-    echo
-    sed '/^## Plots/,$d' "$STATE/run/runs/$RUN_NAME/report.md"
+    # `fedhet report` prints the per-round and per-device-class tables and writes report.md
+    "$ENGINE" run --rm --network none -e COLUMNS=100 -v "$STATE/run/runs:/runs" "$FEDHET_IMAGE" \
+        fedhet report "/runs/$RUN_NAME" || die "fedhet report failed"
     echo
     log "run folder: $STATE/run/runs/$RUN_NAME"
 }

@@ -266,7 +266,8 @@ def test_dockerfile_base_torch_and_copies(compose: dict[str, Any]) -> None:
     context = (COMPOSE_DIR / build["context"]).resolve()
     assert context == REPO
     assert (context / build["dockerfile"]).resolve() == DOCKERFILE
-    copies = [rest for kw, rest in instructions if kw == "COPY"]
+    # COPY from the build context (not --from=<stage>)
+    copies = [rest for kw, rest in instructions if kw == "COPY" and "--from=" not in rest]
     assert copies
     for rest in copies:
         parts = [p for p in shlex.split(rest) if not p.startswith("--")]

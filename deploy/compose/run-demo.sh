@@ -369,10 +369,11 @@ cmd_demo() {
     log "run $run_id: $status after $run_s s"
     echo "$status" >"$STATE/run/status"
     if [ "$status" != "finished:completed" ]; then
-        flwr_cli log "$run_id" compose --show 2>&1 | tail -n 60 >&2 || true
+        timeout 180 "${COMPOSE[@]}" run --rm -T --no-deps flwr log "$run_id" compose --show \
+            </dev/null 2>&1 | tail -n 60 >&2 || true
         for svc in serverapp "${SUPERNODES[@]}" frontdoor; do
             log "--- logs of $svc ---"
-            compose logs "$svc" 2>&1 | tail -n 15 >&2 || true
+            timeout 60 "${COMPOSE[@]}" logs "$svc" 2>&1 | tail -n 15 >&2 || true
         done
         die "run did not complete"
     fi

@@ -346,10 +346,16 @@ cmd_demo() {
     config+=" local-steps=5 batch-size=32 max-train-per-client=600 local-test-size=200"
     config+=" round-timeout=300 output-dir='/runs' run-name='$RUN_NAME'"
     log "flwr run /app compose -c \"$config\""
-    local out run_id
-    out="$(flwr_cli run /app compose --format json -c "$config" 2>&1)" || true
-    run_id="$(printf '%s\n' "$out" | last_json | json_get 'd.get("run-id", "")' 2>/dev/null || true)"
-    [ -n "$run_id" ] || die "flwr run did not start a run: $out"
+    # A starved host can make the CLI give up connecting ("SuperLink is unavailable"): retry.
+    local out="" run_id="" attempt
+    for attempt in 1 2 3; do
+        out="$(flwr_cli run /app compose --format json -c "$config" 2>&1)" || true
+        run_id="$(printf '%s\n' "$out" | last_json | json_get 'd.get("run-id", "")' 2>/dev/null || true)"
+        [ -z "$run_id" ] || break
+        log "flwr run attempt $attempt did not start a run; retrying"
+        sleep 10
+    done
+    [ -n "$run_id" ] || die "flwr run did not start a run: $(printf '%s\n' "$out" | tail -n 12)"
     log "run $run_id submitted; polling flwr ls (flwr run exits 0 even when a run fails)"
 
     local status="" t_run=$SECONDS

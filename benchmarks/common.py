@@ -147,3 +147,37 @@ def write_result(out: Path, name: str, text: str, data: dict[str, Any]) -> Path:
     path = out / f"{name}.md"
     path.write_text(text)
     return path
+
+
+def run_method_grid(
+    bench: str,
+    run_name: str,
+    method: str,
+    *,
+    node_configs: list[dict[str, Any]],
+    out: Path = RESULTS,
+    **config: Any,
+) -> tuple[list[dict[str, Any]], Any, LocalGrid, dict[str, Any]]:
+    """Like :func:`run_method`, but with explicit node configs, and returning the strategy, the
+    LocalGrid (devices' ``context.state`` included) and the flat run config as well, for
+    benchmarks that continue after the run (e.g. devices joining later)."""
+    raw = default_run_config(
+        method=method,
+        run_name=run_name,
+        output_dir=str(out / "raw" / bench),
+        min_nodes=len(node_configs),
+    )
+    for key, value in config.items():
+        raw[key if "." in key else key.replace("_", "-")] = value
+    cfg = parse_run_config(raw)
+    run_dir = out / "raw" / bench / run_name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    from client_app.app import app as client_app
+
+    grid = LocalGrid(client_app, [dict(c) for c in node_configs], raw)
+    strategy = get_method(method).strategy_cls(cfg, RunDir(run_dir))
+    start = time.time()
+    strategy.start(grid)
+    history = strategy.history
+    log.info("%s/%s finished in %.1f s", bench, run_name, time.time() - start)
+    return history, strategy, grid, raw

@@ -179,6 +179,15 @@ METHODS: dict[str, MethodEntry] = {
             models=UNIT_MODELS,
         ),
         _entry(
+            "genefl",
+            "genefl",
+            "GeneflConfig",
+            "GeneflStrategy",
+            "GENE-FL (reconstructed): learnGene exchange per cluster, Fisher ties, newcomers by "
+            "probe signature (arXiv 2504.14628).",
+            default_model="cnn_b",
+        ),
+        _entry(
             "pfedafm",
             "pfedafm",
             "PfedafmConfig",

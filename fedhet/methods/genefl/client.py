@@ -1,0 +1,315 @@
+"""GENE-FL device side (reconstructed; arXiv 2504.14628, METHODS.md §3.2 "Client").
+
+The device keeps its full personal model θ_i in ``context.state`` (it survives across rounds, as
+a SuperNode's context does). Per message phase (:mod:`fedhet.methods.genefl.wire`):
+
+* ``warmup`` — FedAvg local SGD on the received full model; in round R_w also the per-layer Taylor
+  scores at the received model (B5), as a metric list in the model's layer order;
+* ``clustering`` (founders) — store the received full model as θ_i, run the probe, return s;
+* ``probe`` (newcomers) — the same probe from the received P, return s; nothing is stored;
+* ``newcomer-init`` — θ_i = Θ_k* in 𝓖 + fresh seeded random layers elsewhere (§3.2 step 4);
+* ``gene`` — write Θ_k into θ_i's 𝓖 layers, F̂ over 𝓖 (B5), top-q mask, β_l, train all layers on
+  CE + Σβ_l‖θ_l − Θ_l‖² + (λ_F/2)Σ m_j F̂_j(θ_j − Θ_j)², upload θ_i[𝓖] (parameters + BN statistics).
+
+Imports only neutral modules (its config/plan/wire, fedhet.core, fedhet.client, models, data).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from torch import nn
+
+from fedhet.client.runtime import (
+    ClientContext,
+    arrays_of,
+    config_of,
+    numpy_to_state,
+    plan_of,
+    reply_content,
+    state_to_numpy,
+)
+from fedhet.client.training import evaluate_model, num_local_steps, train_sgd
+from fedhet.core.codec import as_contiguous
+from fedhet.core.fisher import (
+    diag_fisher,
+    fisher_masks,
+    layer_keys,
+    layer_scores,
+    layer_tie_weights,
+    learngene_penalty,
+    normalise_fisher,
+    probe_signature,
+    stable_fisher_weights,
+    taylor_saliency,
+)
+from fedhet.core.seeding import derive_seed
+from fedhet.methods.genefl import wire
+from fedhet.methods.genefl.config import GeneflConfig
+from fedhet.methods.genefl.plan import GeneflKnobs
+from fedhet.models import build_model
+
+log = logging.getLogger("fedhet.genefl")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _mcfg(ctx: ClientContext) -> GeneflConfig:
+    mcfg = ctx.run.method
+    assert isinstance(mcfg, GeneflConfig)
+    return mcfg
+
+
+def _lr(ctx: ClientContext) -> float:
+    return _mcfg(ctx).lr or ctx.run.shared.lr
+
+
+def _steps(ctx: ClientContext, msg: Message, n_train: int) -> int:
+    _, knobs = plan_of(msg, GeneflKnobs)
+    if knobs.steps > 0:
+        return knobs.steps
+    shared = ctx.run.shared
+    return num_local_steps(n_train, shared.batch_size, shared.local_epochs, shared.local_steps)
+
+
+def _batches(ctx: ClientContext, data: Any, steps: int, server_round: int, purpose: str) -> Any:
+    seed = derive_seed(ctx.run.shared.seed, ctx.device_id, server_round, "genefl", purpose)
+    return data.sample_batches(ctx.run.shared.batch_size, steps, seed=seed)
+
+
+def _seeded_model(ctx: ClientContext, num_classes: int, *seed_parts: object) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(*seed_parts))
+        return build_model(ctx.run.shared.model, num_classes=num_classes)
+
+
+def gene_keys(model: nn.Module, layers: list[str]) -> tuple[list[str], list[str]]:
+    """``(keys, parameter keys)`` of the learnGene layers, in state-dict order."""
+    params = dict(model.named_parameters())
+    per_layer = layer_keys(model.state_dict(), params)
+    unknown = [layer for layer in layers if layer not in per_layer]
+    if unknown:
+        raise ValueError(f"learnGene layers {unknown} are not layers of this model")
+    chosen = set(layers)
+    keys = [k for layer, ks in per_layer.items() if layer in chosen for k in ks]
+    return keys, [k for k in keys if k in params]
+
+
+def _load_personal(ctx: ClientContext) -> dict[str, np.ndarray] | None:
+    rec = ctx.context.state.array_records.get(wire.STATE_PERSONAL)
+    return None if rec is None else {k: v.numpy() for k, v in rec.items()}
+
+
+def _store_personal(ctx: ClientContext, state: dict[str, np.ndarray]) -> None:
+    ctx.context.state[wire.STATE_PERSONAL] = ArrayRecord(
+        array_dict={k: Array(as_contiguous(v)) for k, v in state.items()}
+    )
+
+
+def _ack(n: int, seconds: float = 0.0, loss: float = 0.0) -> dict[str, Any]:
+    return {"num-examples": n, "train-loss": loss, "train-seconds": seconds}
+
+
+# --- phases --------------------------------------------------------------------------------------
+def _warmup(msg: Message, ctx: ClientContext, cfg: dict[str, Any]) -> RecordDict:
+    split = ctx.data()
+    server_round = int(cfg["server-round"])
+    model = build_model(ctx.run.shared.model, num_classes=split.train.num_classes)
+    model.load_state_dict(numpy_to_state(arrays_of(msg)))
+    extra: dict[str, Any] = {}
+    if int(cfg.get(wire.SCORES_WANTED, 0)):
+        # sensitivity at the received model (§3.2 server step 2), before local training
+        params = dict(model.named_parameters())
+        layers = layer_keys(model.state_dict(), params)
+        batches = _batches(
+            ctx, split.train, _mcfg(ctx).sensitivity_batches, server_round, "sensitivity"
+        )
+        extra[wire.SCORES] = layer_scores(taylor_saliency(model, batches), layers)
+    steps = _steps(ctx, msg, len(split.train))
+    metrics = train_sgd(
+        model, _batches(ctx, split.train, steps, server_round, "train"), lr=_lr(ctx)
+    )
+    metrics.update(extra, **{"num-examples": len(split.train)})
+    return reply_content(state_to_numpy(model.state_dict()), metrics)
+
+
+def run_probe(
+    ctx: ClientContext, reference: dict[str, np.ndarray], layers: list[str], steps: int, rnd: int
+) -> tuple[np.ndarray, float, float]:
+    """The identical probe of §3.2 client step 2: ``(signature, mean CE, seconds)``.
+
+    Model = P in the learnGene layers + run-wide seeded random layers elsewhere; E_p plain-CE SGD
+    steps on this device's data; s = normalised update (or weights, ``genefl.cluster-on``).
+    """
+    split = ctx.data()
+    start = time.perf_counter()
+    model = _seeded_model(ctx, split.train.num_classes, *wire.probe_seed_parts(ctx.run.shared.seed))
+    keys, param_keys = gene_keys(model, layers)
+    missing = [k for k in keys if k not in reference]
+    if missing:
+        raise ValueError(f"probe reference lacks learnGene arrays {missing[:3]}")
+    model.load_state_dict(numpy_to_state({k: reference[k] for k in keys}), strict=False)
+    ref = {k: torch.from_numpy(np.array(reference[k], copy=True)) for k in param_keys}
+    losses: list[float] = []
+
+    def ce(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(m(x), y)
+        losses.append(float(loss.detach()))
+        return loss
+
+    batches = _batches(ctx, split.train, steps, rnd, "probe")
+    sig = probe_signature(model, ref, batches, _lr(ctx), _mcfg(ctx).cluster_on, ce)
+    return sig, float(np.mean(losses)) if losses else 0.0, time.perf_counter() - start
+
+
+def _probe_steps(ctx: ClientContext, msg: Message, cfg: dict[str, Any]) -> int:
+    """E_p: ``genefl.probe-steps``, else the fleet-wide E (never the device's scaled steps, so
+    every prober runs the identical probe, §3.7)."""
+    e_p = int(cfg.get(wire.PROBE_STEPS, 0))
+    if e_p > 0:
+        return e_p
+    shared = ctx.run.shared
+    n = len(ctx.data().train)
+    return num_local_steps(n, shared.batch_size, shared.local_epochs, shared.local_steps)
+
+
+def _clustering(msg: Message, ctx: ClientContext, cfg: dict[str, Any], store: bool) -> RecordDict:
+    arrays = arrays_of(msg)
+    layers = wire.decode_layers(cfg[wire.LAYERS])
+    if store:  # founders keep Θ^{R_w} as their personal model θ_i
+        _store_personal(ctx, arrays)
+    steps = _probe_steps(ctx, msg, cfg)
+    sig, loss, seconds = run_probe(ctx, arrays, layers, steps, int(cfg["server-round"]))
+    n = len(ctx.data().train)
+    return reply_content({wire.SIGNATURE: sig}, _ack(n, seconds, loss))
+
+
+def newcomer_state(
+    ctx: ClientContext, gene: dict[str, np.ndarray], num_classes: int
+) -> dict[str, np.ndarray]:
+    """θ_i of a newcomer: Θ_k* in the learnGene layers, fresh seeded random layers elsewhere."""
+    model = _seeded_model(
+        ctx, num_classes, *wire.newcomer_seed_parts(ctx.run.shared.seed, ctx.device_id)
+    )
+    model.load_state_dict(numpy_to_state(gene), strict=False)
+    return state_to_numpy(model.state_dict())
+
+
+def _init(msg: Message, ctx: ClientContext) -> RecordDict:
+    split = ctx.data()
+    _store_personal(ctx, newcomer_state(ctx, arrays_of(msg), split.train.num_classes))
+    return reply_content(None, _ack(len(split.train)))
+
+
+def _fisher(
+    ctx: ClientContext, model: nn.Module, param_keys: list[str], server_round: int
+) -> tuple[dict[str, torch.Tensor], float]:
+    """F̂ over the learnGene parameters, recomputed every ``genefl.fisher-every`` gene rounds."""
+    mcfg = _mcfg(ctx)
+    state = ctx.context.state
+    meta = state.config_records.get(wire.STATE_FISHER + ".meta")
+    count = int(str(meta["gene-rounds"])) if meta is not None else 0
+    cached = state.array_records.get(wire.STATE_FISHER)
+    from flwr.app import ConfigRecord
+
+    state[wire.STATE_FISHER + ".meta"] = ConfigRecord({"gene-rounds": count + 1})
+    if cached is not None and count % mcfg.fisher_every != 0 and set(cached) == set(param_keys):
+        return {k: torch.from_numpy(v.numpy().copy()) for k, v in cached.items()}, 0.0
+    start = time.perf_counter()
+    batches = _batches(ctx, ctx.data().train, mcfg.fisher_batches, server_round, "fisher")
+    raw = diag_fisher(model, batches, param_keys, per_sample=mcfg.fisher_mode == "per-sample")
+    fisher_hat = normalise_fisher(raw)
+    seconds = time.perf_counter() - start
+    state[wire.STATE_FISHER] = ArrayRecord(
+        array_dict={k: Array(as_contiguous(v.numpy())) for k, v in fisher_hat.items()}
+    )
+    return fisher_hat, seconds
+
+
+def _gene(msg: Message, ctx: ClientContext, cfg: dict[str, Any]) -> RecordDict:
+    mcfg = _mcfg(ctx)
+    split = ctx.data()
+    server_round = int(cfg["server-round"])
+    layers = wire.decode_layers(cfg[wire.LAYERS])
+    gene = arrays_of(msg)
+    personal = _load_personal(ctx)
+    if personal is None:
+        log.warning("device %s: no personal model in state; newcomer init", ctx.device_id)
+        personal = newcomer_state(ctx, gene, split.train.num_classes)
+    model = build_model(ctx.run.shared.model, num_classes=split.train.num_classes)
+    keys, param_keys = gene_keys(model, layers)
+    if sorted(gene) != sorted(keys):
+        raise ValueError(f"received learnGene arrays {sorted(gene)[:3]}… ≠ layers {layers}")
+    model.load_state_dict(numpy_to_state({**personal, **gene}))
+    fisher_hat, fisher_s = _fisher(ctx, model, param_keys, server_round)
+    masks = fisher_masks(fisher_hat, mcfg.q)
+    lr = _lr(ctx)
+    tie = stable_fisher_weights(fisher_hat, lr, mcfg.lambda_f)
+    per_layer = {
+        layer: ks for layer, ks in layer_keys(model.state_dict()).items() if layer in set(layers)
+    }
+    betas = layer_tie_weights(fisher_hat, per_layer, mcfg.mu)
+    ref = {k: torch.from_numpy(np.array(gene[k], copy=True)) for k in param_keys}
+    params = dict(model.named_parameters())
+    steps = _steps(ctx, msg, len(split.train))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)  # fresh optimiser every call (§0)
+    model.train()
+    start = time.perf_counter()
+    total, n_steps = 0.0, 0
+    for x, y in _batches(ctx, split.train, steps, server_round, "train"):
+        opt.zero_grad(set_to_none=True)
+        ce = nn.functional.cross_entropy(model(x), y)
+        loss = ce + learngene_penalty(params, ref, per_layer, betas, tie, masks, mcfg.lambda_f)
+        loss.backward()
+        opt.step()
+        total += float(ce.detach())
+        n_steps += 1
+    state = state_to_numpy(model.state_dict())
+    _store_personal(ctx, state)
+    metrics = _ack(len(split.train), time.perf_counter() - start, total / max(n_steps, 1))
+    metrics[wire.FISHER_SECONDS] = fisher_s
+    return reply_content({k: state[k] for k in keys}, metrics)
+
+
+# --- handlers ------------------------------------------------------------------------------------
+def train(msg: Message, ctx: ClientContext) -> RecordDict:
+    """Dispatch on ``genefl-phase`` (see the module docstring)."""
+    cfg = config_of(msg)
+    phase = str(cfg.get(wire.PHASE, wire.WARMUP))
+    if phase == wire.WARMUP:
+        return _warmup(msg, ctx, cfg)
+    if phase == wire.CLUSTERING:
+        return _clustering(msg, ctx, cfg, store=True)
+    if phase == wire.PROBE:
+        return _clustering(msg, ctx, cfg, store=False)
+    if phase == wire.INIT:
+        return _init(msg, ctx)
+    if phase == wire.GENE:
+        return _gene(msg, ctx, cfg)
+    raise ValueError(f"unknown {wire.PHASE} {phase!r}; known: {', '.join(wire.PHASES)}")
+
+
+def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
+    """Accuracy of the personal model θ_i (``genefl-personal``) or of the received full model."""
+    cfg = config_of(msg)
+    split = ctx.data()
+    if int(cfg.get(wire.PERSONAL, 0)):
+        state = _load_personal(ctx)
+        if state is None:
+            return reply_content(
+                None,
+                {"num-examples": 0, "eval-correct": 0, "eval-loss": 0.0, wire.HAS_PERSONAL: 0},
+            )
+    else:
+        state = arrays_of(msg)
+    model = build_model(ctx.run.shared.model, num_classes=split.test.num_classes)
+    model.load_state_dict(numpy_to_state(state))
+    correct, total, loss = evaluate_model(model, split.test)
+    return reply_content(
+        None,
+        {"num-examples": total, "eval-correct": correct, "eval-loss": loss, wire.HAS_PERSONAL: 1},
+    )

@@ -24,6 +24,13 @@ from fedhet.server.run_dir import RunDir
 from fedhet.sim import LocalGrid, simulated_node_configs
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def absolute_path(raw: str) -> Path:
+    """An ``--out`` folder, made absolute (the run config's ``output-dir`` must be absolute)."""
+    return Path(raw).expanduser().resolve()
+
+
 log = logging.getLogger("benchmarks")
 
 
@@ -37,7 +44,7 @@ def parse_args(
     ``--methods`` (a comma-separated subset of ``methods``, checked; parsed into ``args.labels``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--out", type=absolute_path, default=RESULTS, help="results folder")
     parser.add_argument("--jobs", type=int, default=2, help="methods run in parallel")
     parser.add_argument("--seed", type=int, default=0, help="run seed")
     parser.add_argument(

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, markdown_table, run_method, write_result
+from benchmarks.common import RESULTS, absolute_path, markdown_table, run_method, write_result
 from fedhet.deploy.local import LocalFleet
 
 log = logging.getLogger("benchmarks.deployment")
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=absolute_path, default=RESULTS)
     parser.add_argument("--skip-simulation", action="store_true")
     parser.add_argument("--skip-deployment", action="store_true")
     parser.add_argument(

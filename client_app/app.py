@@ -34,6 +34,7 @@ def profile(msg: Message, context: Context) -> Message:
         simulated=ctx.simulated,
         bench_model=shared.model if shared.profile_bench else None,
         batch_size=shared.batch_size,
+        data_sizes=ctx.declared_sizes(),
     )
     from flwr.app import ConfigRecord
 

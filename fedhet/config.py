@@ -10,13 +10,21 @@ naming the key and what is allowed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from fedhet.data.catalog import DATASETS, PARTITIONS, DatasetName, PartitionName
 
@@ -31,10 +39,15 @@ def kebab(name: str) -> str:
 
 
 class KebabModel(BaseModel):
-    """Base for fedhet config models: kebab-case keys, unknown keys rejected, validated on assignment."""
+    """Base for fedhet config models: kebab-case keys, unknown keys rejected, validated on assignment;
+    NaN and Inf are never valid values (issue 10: every float key finite)."""
 
     model_config = ConfigDict(
-        extra="forbid", alias_generator=kebab, populate_by_name=True, validate_assignment=True
+        extra="forbid",
+        alias_generator=kebab,
+        populate_by_name=True,
+        validate_assignment=True,
+        allow_inf_nan=False,
     )
 
 
@@ -127,6 +140,85 @@ class SharedConfig(KebabModel):
         """Absolute folder for run folders."""
         raw = self.output_dir or os.environ.get("FEDHET_OUTPUT_DIR", "")
         return Path(raw).expanduser().resolve() if raw else Path.home() / ".fedhet" / "runs"
+
+    # --- trust: robust aggregation keys and cross-field rules (issue 10 items 3 and 6) ---------
+    # (NaN/Inf are refused for every key by KebabModel: ``lr=inf`` fails at start.)
+
+    aggregation: Literal["mean", "trimmed-mean", "median"] = Field(
+        "mean",
+        description="Aggregation rule: the method's own mean, or coordinate-wise trimmed-mean / "
+        "median (unweighted) for fleets that expect bad devices.",
+    )
+    trim_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="Share trimmed at each end by `aggregation=trimmed-mean`."
+    )
+    outlier_factor: float = Field(
+        10.0,
+        ge=0,
+        description="Drop an update whose norm exceeds this multiple of the round's median "
+        "update norm (0: off).",
+    )
+    max_reply_bytes: int = Field(
+        0, ge=0, description="Cap on a reply's array bytes (0: only what its plan allows)."
+    )
+    max_idle_rounds: int = Field(
+        5,
+        ge=0,
+        description="End the run as failed when no node trained for this many consecutive "
+        "rounds (0: never).",
+    )
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**63:
+            raise ValueError("must be in [0, 2**63)")
+        return v
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet_table(cls, v: str) -> str:
+        if v in ("three-tier", "uniform"):
+            return v
+        classes = ("strong", "medium", "weak", "custom")
+        table = json.loads(v)
+        if isinstance(table, list):
+            names = table
+        elif isinstance(table, dict):
+            names = list(table)
+            for name, share in table.items():
+                if (
+                    isinstance(share, bool)
+                    or not isinstance(share, int | float)
+                    or not math.isfinite(share)
+                    or share <= 0
+                ):
+                    raise ValueError(f"share of {name!r} must be a positive number, got {share!r}")
+        else:
+            raise ValueError("use 'three-tier', 'uniform', a JSON list or a JSON object")
+        if not names:
+            raise ValueError("empty table")
+        bad = [n for n in names if n not in classes]
+        if bad:
+            raise ValueError(f"unknown device class {bad[0]!r}; allowed: {', '.join(classes)}")
+        return v
+
+    @field_validator("local_steps")
+    @classmethod
+    def _some_training(cls, v: int, info: ValidationInfo) -> int:
+        if v == 0 and info.data.get("local_epochs") == 0:
+            raise ValueError("local-steps=0 with local-epochs=0 trains nothing; set one above 0")
+        return v
+
+    @field_validator("output_dir")
+    @classmethod
+    def _absolute_output_dir(cls, v: str) -> str:
+        if v and not Path(v).expanduser().is_absolute():
+            raise ValueError(
+                "must be an absolute path (or '' for $FEDHET_OUTPUT_DIR / ~/.fedhet/runs): a "
+                "relative one would land under the server process's working directory"
+            )
+        return v
 
 
 class RunConfig(BaseModel):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -210,6 +212,42 @@ class FleetReference:
     full_update_bytes: int
     full_train_memory_bytes: int
     reference_bench_ms: float | None = None
+
+
+#: A device more than this many times faster than the fleet's median step time is not used as
+#: the time reference (it still gets T = 1).
+REFERENCE_SPREAD = 10.0
+
+
+def reference_bench_ms(bench_ms: Iterable[float | None], configured: float = 0.0) -> float | None:
+    """The step time measured budgets are relative to: T = min(1, reference / bench-ms).
+
+    ``ref-bench-ms`` (``configured`` > 0) wins. Otherwise the reference is the fastest device whose
+    step time is at least 1/:data:`REFERENCE_SPREAD` of the upper median of ``bench_ms``. It is a
+    function of the *set* of measurements (sorted first), so the order devices register in does not
+    matter, and a single device claiming to be far faster than the rest cannot move the other
+    devices' budgets (absurd values, below :data:`fedhet.profile.MIN_BENCH_MS`, are already
+    rejected with the profile).
+
+    The server computes it once, from every profile of the first registration that carries
+    measurements, and keeps it for the run (plans are fixed once made): devices that join later
+    are planned against the same reference. Fleets that join over time should set
+    ``ref-bench-ms``.
+
+    Examples
+    --------
+    >>> reference_bench_ms([40.0, 10.0, 20.0]), reference_bench_ms([20.0, 40.0, 10.0])
+    (10.0, 10.0)
+    >>> reference_bench_ms([10.0, 20.0, 40.0, 0.02])  # 0.02 ms is 1000x faster than the median
+    10.0
+    """
+    if configured > 0:
+        return float(configured)
+    values = sorted(float(b) for b in bench_ms if b is not None and math.isfinite(b) and b > 0)
+    if not values:
+        return None
+    median = values[len(values) // 2]
+    return next(v for v in values if v >= median / REFERENCE_SPREAD)
 
 
 def _measured(

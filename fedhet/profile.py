@@ -33,6 +33,15 @@ def _device_class(value: str) -> str:
 #: A device class name, one of :data:`fedhet.plan.DEVICE_CLASSES` (the class table's keys + custom).
 DeviceClass = Annotated[str, AfterValidator(_device_class)]
 
+#: Fastest plausible benchmark step (ms): one fwd+bwd+SGD step of a CNN on a batch cannot be
+#: quicker; a smaller claim is an absurd measurement and the profile is rejected.
+MIN_BENCH_MS = 0.01
+#: Largest plausible memory (1 PiB) and core count.
+MAX_MEM_BYTES = 1 << 50
+MAX_CORES = 4096.0
+#: Largest training or test set a device may declare.
+MAX_DECLARED_EXAMPLES = 10**9
+
 
 class NodeSettings(KebabModel):
     """What only the device knows: its ``--node-config`` (simulation adds partition-id/num-partitions)."""
@@ -43,7 +52,7 @@ class NodeSettings(KebabModel):
     device_class: DeviceClass | None = None
     bandwidth_mbps: float | None = Field(None, gt=0, le=1e6)
     memory_mb: float | None = Field(
-        None, gt=0, description="Declared memory available to training."
+        None, gt=0, le=1e8, description="Declared memory available to training (MB, finite)."
     )
     time_frac: float | None = Field(None, gt=0, le=1)
     mem_frac: float | None = Field(None, gt=0, le=1)
@@ -82,7 +91,13 @@ def parse_node_config(raw: dict[str, Any]) -> NodeSettings:
 
 
 class DeviceProfile(KebabModel):
-    """A device's registration record. Sent as a flat ConfigRecord; ``None`` fields are omitted."""
+    """A device's registration record. Sent as a flat ConfigRecord; ``None`` fields are omitted.
+
+    Absurd measurements are rejected as such (issue 10 item 5): ``bench-ms`` below
+    :data:`MIN_BENCH_MS`, non-finite values, memory above :data:`MAX_MEM_BYTES`, cores outside
+    [0.01, 4096]. ``num-train`` / ``num-test`` are the sizes of the device's local training and test
+    sets; the server caps reported example counts at them.
+    """
 
     device_id: str = Field(min_length=1, max_length=128)
     device_class: DeviceClass
@@ -99,11 +114,13 @@ class DeviceProfile(KebabModel):
     n_tasks: int = Field(0, ge=0, le=10_000)
     has_data_path: bool = False
     availability: float = Field(1.0, gt=0, le=1)
-    cores: float = Field(gt=0, le=4096)
-    mem_total_bytes: int = Field(gt=0)
-    mem_avail_bytes: int = Field(gt=0)
-    bench_ms: float | None = Field(None, gt=0, le=600_000)
+    cores: float = Field(ge=0.01, le=MAX_CORES)
+    mem_total_bytes: int = Field(gt=0, le=MAX_MEM_BYTES)
+    mem_avail_bytes: int = Field(gt=0, le=MAX_MEM_BYTES)
+    bench_ms: float | None = Field(None, ge=MIN_BENCH_MS, le=600_000)
     bench_model: str | None = None
+    num_train: int | None = Field(None, ge=0, le=MAX_DECLARED_EXAMPLES)
+    num_test: int | None = Field(None, ge=0, le=MAX_DECLARED_EXAMPLES)
 
     @model_validator(mode="after")
     def _check(self) -> DeviceProfile:
@@ -204,8 +221,13 @@ def build_profile(
     simulated: bool,
     bench_model: str | None,
     batch_size: int,
+    data_sizes: tuple[int, int] | None = None,
 ) -> DeviceProfile:
-    """Measure this device and combine it with its declared node config."""
+    """Measure this device and combine it with its declared node config.
+
+    ``data_sizes`` = ``(num_train, num_test)`` of the device's local data, declared so that the
+    server can cap the example counts of its replies.
+    """
     total, avail = measure_memory()
     if node.memory_mb:
         avail = min(avail, int(node.memory_mb * 1e6))
@@ -236,6 +258,8 @@ def build_profile(
         if value is not None:
             fields[kebab(name)] = value
     if bench is not None and math.isfinite(bench):
-        fields["bench-ms"] = bench
+        fields["bench-ms"] = max(bench, MIN_BENCH_MS)
         fields["bench-model"] = bench_model
+    if data_sizes is not None:
+        fields["num-train"], fields["num-test"] = (int(n) for n in data_sizes)
     return parse_profile(fields)

@@ -100,6 +100,16 @@ class ClientContext:
         seed = derive_seed(shared.seed, self.device_id, server_round, "batches")
         return train.sample_batches(shared.batch_size, steps, seed=seed)
 
+    def declared_sizes(self) -> tuple[int, int] | None:
+        """``(num_train, num_test)`` of this device's image data, declared in its profile so the
+        server can cap the example counts of its replies; ``None`` for text tasks."""
+        from fedhet.data.catalog import IMAGE_NUM_CLASSES
+
+        if self.run.shared.dataset not in IMAGE_NUM_CLASSES:
+            return None
+        split = self.data()
+        return len(split.train), len(split.test)
+
     def data(self) -> Any:
         """The device's ``ClientSplit`` (train + local test)."""
         return _client_split(
@@ -132,10 +142,12 @@ def _client_split(
     from fedhet.data import federated_split
 
     if data_path:
+        from fedhet.data.catalog import IMAGE_NUM_CLASSES
         from fedhet.data.federated import ClientSplit
         from fedhet.data.user import load_user_data
 
-        data = load_user_data(data_path)
+        # labels stay in the run's class space even when this device has fewer classes
+        data = load_user_data(data_path, num_classes=IMAGE_NUM_CLASSES.get(dataset))
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(data))
         n_test = min(max(1, len(data) // 5), local_test_size or len(data) // 5)

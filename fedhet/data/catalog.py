@@ -21,6 +21,8 @@ PartitionName = Literal[
 ]
 
 IMAGE_DATASETS: tuple[str, ...] = get_args(ImageDatasetName)
+#: Classes of each image dataset: the class space of a run, also for devices' own data.
+IMAGE_NUM_CLASSES: dict[str, int] = {"fashion-mnist": 10, "digits": 10}
 TEXT_DATASETS: tuple[str, ...] = get_args(TextDatasetName)
 DATASETS: tuple[str, ...] = IMAGE_DATASETS + TEXT_DATASETS
 PARTITIONS: tuple[str, ...] = get_args(PartitionName)
@@ -28,6 +30,7 @@ PARTITIONS: tuple[str, ...] = get_args(PartitionName)
 __all__ = [
     "DATASETS",
     "IMAGE_DATASETS",
+    "IMAGE_NUM_CLASSES",
     "PARTITIONS",
     "TEXT_DATASETS",
     "DatasetName",

@@ -120,6 +120,8 @@ class AdapterStrategy(FedhetStrategy):
             node = self._reply_node(reply)
             if node is None or reply.has_error():
                 continue
+            if "eval-accuracy" not in self.current.nodes.get(node.node_id, {}):
+                continue  # dropped by the base checks: never read
             if not self.reads_task_tags(node):
                 self.current.node(node).pop(SLOT_TASK, None)
                 continue

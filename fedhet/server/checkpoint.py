@@ -49,7 +49,12 @@ def checkpoint_state(
     }
 
 
-def resume_point(run_dir: RunDir, raw_config: dict[str, Any]) -> Checkpoint | None:
+def resume_point(
+    run_dir: RunDir,
+    raw_config: dict[str, Any],
+    method: str | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> Checkpoint | None:
     """Prepare ``run_dir`` for a (re)start and return its last checkpoint, if any.
 
     Parameters
@@ -58,6 +63,12 @@ def resume_point(run_dir: RunDir, raw_config: dict[str, Any]) -> Checkpoint | No
         The run's output folder.
     raw_config : dict[str, Any]
         The run config as given (compared with the folder's stored config).
+    method : str, optional
+        The run's method: a checkpoint of another method is not used.
+    shapes : Mapping[str, tuple[int, ...]], optional
+        The run's initial global arrays: a checkpoint must hold each with this shape. Checkpoints
+        load tensor-only (``weights_only=True``); a bad one is set aside and the newest good one
+        used (:meth:`RunDir.load_latest_checkpoint`).
 
     Returns
     -------
@@ -78,7 +89,7 @@ def resume_point(run_dir: RunDir, raw_config: dict[str, Any]) -> Checkpoint | No
             + "). Use another 'run-name' to start a new run, or the same config to resume."
         )
     run_dir.write_config(raw_config)
-    latest = run_dir.load_latest_checkpoint()
+    latest = run_dir.load_latest_checkpoint(method, shapes)
     if latest is None:
         # a run that stopped before its first checkpoint starts over: drop its metric lines
         run_dir.truncate_metrics(0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +17,8 @@ from flwr.app import Message, MetricRecord
 from fedhet.data.base import TensorData
 from fedhet.server.ledger import RoundLog
 from fedhet.server.registration import Node
+from fedhet.server.trust import read_eval_reply
+from fedhet.server.validate import ReplyError
 
 log = logging.getLogger("fedhet")
 
@@ -82,7 +83,8 @@ def pool_eval_replies(
     """Validate evaluate replies and pool them; bad ones are dropped with a logged reason.
 
     Each reply must carry ``eval-correct``, ``num-examples`` and ``eval-loss`` (summed over the
-    node's samples). The node's entry gets ``eval-accuracy``, ``eval-examples`` and any other
+    node's samples), finite, with ``eval-correct <= num-examples <=`` the local test size the node
+    declared (:func:`~fedhet.server.trust.read_eval_reply`), so the pooled accuracy stays in [0, 1]. The node's entry gets ``eval-accuracy``, ``eval-examples`` and any other
     ``eval-*`` metric the device sent; its bytes are added to the ledger.
 
     Parameters
@@ -111,14 +113,12 @@ def pool_eval_replies(
             node_id = node.node_id if node else reply.metadata.src_node_id
             current.drop(node_id, node.device_id if node else None, "evaluate", reason)
             continue
-        totals["bytes-up"] += current.count(node, reply.content, "up", payload=False)
-        m: dict[str, Any] = dict(reply.content.metric_records.get("metrics", MetricRecord()))
         try:
-            c, n, lo = int(m["eval-correct"]), int(m["num-examples"]), float(m["eval-loss"])
-            if n < 0 or not 0 <= c <= n or not np.isfinite(lo):
-                raise ValueError(f"eval-correct={c}, num-examples={n}, eval-loss={lo}")
-        except (KeyError, ValueError, TypeError) as exc:
-            current.drop(node.node_id, node.device_id, "evaluate", f"bad metrics: {exc}")
+            totals["bytes-up"] += current.count(node, reply.content, "up", payload=False)
+            c, n, lo, m = read_eval_reply(reply.content, node.profile.num_test)
+        except Exception as exc:  # no exception from one reply escapes the round
+            reason = str(exc) if isinstance(exc, ReplyError) else f"{type(exc).__name__}: {exc}"
+            current.drop(node.node_id, node.device_id, "evaluate", f"bad reply: {reason}")
             continue
         correct, total, loss = correct + c, total + n, loss + lo
         entry = current.node(node)

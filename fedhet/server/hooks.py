@@ -2,7 +2,8 @@
 
 :class:`MethodHooks` is the method-facing half of :class:`~fedhet.server.strategy.FedhetStrategy`:
 a method subclasses the strategy and overrides only these (``plan_knobs``, ``train_payload``,
-``expected_reply``, ``validate_reply``, ``aggregate``, ``eval_payload``, ``server_evaluate``,
+``expected_reply``, ``reply_spec``, ``validate_reply``, ``aggregate``, ``eval_payload``,
+``server_evaluate``,
 ``state_dict``/``load_state_dict``, ``summary``); the strategy calls them and is the only code
 that talks to the Grid.
 """
@@ -18,7 +19,8 @@ from flwr.app.typing import ConfigRecordValues
 from pydantic import BaseModel
 
 from fedhet.config import RunConfig, SharedConfig
-from fedhet.core.aggregate import Contribution, weighted_mean
+from fedhet.core.aggregate import Contribution, masked_mean, weighted_mean
+from fedhet.core.robust import robust_aggregate
 from fedhet.core.seeding import derive_seed
 from fedhet.data.base import TensorData
 from fedhet.plan import Budget, FleetReference, Knobs
@@ -52,6 +54,10 @@ class MethodHooks:
     name: ClassVar[str] = "base"
     #: The method's per-node knobs (its folder's ``plan.py``); :meth:`plan_knobs` returns one.
     knobs_model: ClassVar[type[Knobs]] = Knobs
+    #: Train replies carry updates (differences), not parameters (for the norm-outlier filter).
+    replies_are_updates: ClassVar[bool] = False
+    #: The method's ``aggregate`` goes through :meth:`combine` (so the robust rules apply).
+    aggregates_with_combine: ClassVar[bool] = False
 
     cfg: RunConfig
     shared: SharedConfig
@@ -61,6 +67,11 @@ class MethodHooks:
     @property
     def nodes(self) -> dict[int, Node]:
         """Registered nodes by node id (provided by the strategy)."""
+        raise NotImplementedError
+
+    @property
+    def bench_reference(self) -> float | None:
+        """The run's fixed time reference (provided by the strategy's node table)."""
         raise NotImplementedError
 
     def _global_test(self) -> TensorData | None:
@@ -75,13 +86,14 @@ class MethodHooks:
         return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
     def fleet_reference(self) -> FleetReference:
-        """Full-training costs of the run's model that budgets are fractions of."""
+        """Full-training costs of the run's model that budgets are fractions of.
+
+        The time reference is fixed once for the run (:func:`fedhet.plan.reference_bench_ms`),
+        so budgets do not depend on the order devices register in.
+        """
         n_bytes = int(sum(a.nbytes for a in self.global_arrays.values()))
-        fastest = min(
-            (n.profile.bench_ms for n in self.nodes.values() if n.profile.bench_ms), default=None
-        )
         # weights + gradients + optimiser-free SGD + activations (rough: 4x weights)
-        return FleetReference(n_bytes, 4 * n_bytes, fastest)
+        return FleetReference(n_bytes, 4 * n_bytes, self.bench_reference)
 
     def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, Knobs, str]:
         """Plan a newly registered device.
@@ -113,6 +125,17 @@ class MethodHooks:
         """Names, shapes and dtypes a train reply of ``node`` must have (default: the global arrays)."""
         return spec_of(self.global_arrays)
 
+    def reply_spec(
+        self, node: Node, server_round: int, names: list[str]
+    ) -> tuple[dict[str, ArraySpec], dict[str, int]]:
+        """``(spec, sizes)`` a train reply's arrays are checked against *before* decoding.
+
+        ``names`` are the reply's array names (plain strings), for methods whose allowed names
+        depend on them; ``sizes`` gives exact element counts of open-length (``-1``) arrays.
+        Default: :meth:`expected_reply`, no sizes.
+        """
+        return self.expected_reply(node, server_round), {}
+
     def validate_reply(
         self, node: Node, server_round: int, arrays: Arrays, metrics: dict[str, Any]
     ) -> None:
@@ -136,6 +159,44 @@ class MethodHooks:
         ]
         if contribs:
             self.global_arrays = weighted_mean(contribs, self.global_arrays)
+
+    def supports_robust_rules(self) -> bool:
+        """Whether ``aggregation = trimmed-mean | median`` applies: the default ``aggregate`` (full
+        models) or a method whose ``aggregate`` uses :meth:`combine`."""
+        return type(self).aggregate is MethodHooks.aggregate or self.aggregates_with_combine
+
+    def combine(
+        self,
+        contribs: list[Contribution],
+        base: Arrays,
+        *,
+        mode: str = "holders",
+        server_lr: float = 1.0,
+    ) -> Arrays:
+        """The run's rule over (masked) contributions: ``masked_mean`` for ``aggregation = mean``,
+        else the coordinate-wise robust rule over each coordinate's holders (unweighted; CoCoFL's
+        zero-fill counting then does not apply)."""
+        if self.shared.aggregation == "mean":
+            return masked_mean(contribs, base, mode=mode, server_lr=server_lr)
+        return robust_aggregate(
+            self.shared.aggregation,
+            contribs,
+            base,
+            trim=self.shared.trim_fraction,
+            server_lr=server_lr,
+        )
+
+    def robust_aggregate(self, server_round: int, replies: list[Reply]) -> None:
+        """``aggregation = trimmed-mean | median``: coordinate-wise and unweighted over the replies
+        (:func:`fedhet.core.robust.robust_aggregate`)."""
+        contribs = [Contribution(r.arrays, 1.0) for r in replies]
+        if contribs:
+            self.global_arrays = robust_aggregate(
+                self.shared.aggregation,
+                contribs,
+                self.global_arrays,
+                trim=self.shared.trim_fraction,
+            )
 
     def eval_payload(self, node: Node, server_round: int) -> tuple[Arrays, ConfigValues]:
         """Arrays and extra config sent to ``node`` for evaluation."""

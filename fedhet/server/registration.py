@@ -3,7 +3,11 @@
 Before every round, nodes the server has not seen get a ``query.profile`` message; a valid
 :class:`~fedhet.profile.DeviceProfile` becomes a :class:`~fedhet.plan.NodePlan` (budget + the
 method's typed knobs) and the node joins the :class:`NodeTable`. A bad profile is rejected with
-its reason and the node is left out of planning; a node that does not answer is asked again.
+its reason and the node is left out of planning, and asked again next round; a node that does not
+answer is asked again. A second live node claiming a ``device-id`` already in use is refused the
+same way (the first keeps training). The time reference of measured budgets is fixed once, from
+the first registration that carries measurements (:func:`fedhet.plan.reference_bench_ms`), so
+budgets do not depend on registration order.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from flwr.serverapp import Grid
 
 from fedhet.config import ConfigError
 from fedhet.core.seeding import rng
-from fedhet.plan import NodePlan
+from fedhet.plan import NodePlan, reference_bench_ms
 from fedhet.profile import DeviceProfile, parse_profile
 from fedhet.server.run_dir import RunDir
+from fedhet.server.trust import device_in_use
 
 log = logging.getLogger("fedhet")
 
@@ -52,6 +57,10 @@ class NodeTable:
 
     nodes: dict[int, Node] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
+    #: Step time measured time budgets are relative to; fixed once for the run.
+    reference_bench_ms: float | None = None
+    #: The round each node was last asked for its profile.
+    asked: dict[int, int] = field(default_factory=dict)
 
     def add(self, node_id: int, profile: DeviceProfile, planner: Planner) -> Node:
         """Plan and register ``node_id``; a device seen before under another node id keeps one entry.
@@ -69,9 +78,13 @@ class NodeTable:
         self.nodes[node_id] = node
         return node
 
-    def unseen(self, live: list[int]) -> list[int]:
-        """Live node ids that are neither registered nor rejected, sorted."""
-        return sorted(n for n in live if n not in self.nodes and n not in self.rejected)
+    def unseen(self, live: list[int], server_round: int = 0) -> list[int]:
+        """Live node ids not registered, sorted; a rejected one only if not yet asked this round."""
+        return sorted(
+            n
+            for n in live
+            if n not in self.nodes and (n not in self.rejected or self.asked.get(n) != server_round)
+        )
 
     def save(self, run_dir: RunDir | None) -> None:
         """Write ``profiles.json``: profiles, plans and rejections by node id."""
@@ -82,6 +95,7 @@ class NodeTable:
                 "nodes": {str(k): n.profile.to_record() for k, n in self.nodes.items()},
                 "plans": {str(k): json.loads(n.plan.to_json()) for k, n in self.nodes.items()},
                 "rejected": {str(k): v for k, v in self.rejected.items()},
+                "reference-bench-ms": self.reference_bench_ms,
             }
         )
 
@@ -90,6 +104,9 @@ class NodeTable:
         if run_dir is None:
             return
         data = run_dir.load_profiles()
+        ref = data.get("reference-bench-ms")
+        if isinstance(ref, int | float) and not isinstance(ref, bool) and ref > 0:
+            self.reference_bench_ms = float(ref)
         for key, raw in data.get("nodes", {}).items():
             node_id = int(key)
             if node_id in live:
@@ -106,6 +123,8 @@ def query_profiles(
     query: ConfigRecord,
     planner: Planner,
     timeout: float,
+    server_round: int = 0,
+    ref_bench_ms: float = 0.0,
 ) -> list[Node]:
     """Ask every unseen live node for its profile; plan and register the valid ones.
 
@@ -121,24 +140,33 @@ def query_profiles(
         Builds the plan of a newly registered node.
     timeout : float
         Seconds to wait for the replies; a node that does not answer is asked again next time.
+    server_round : int
+        The round registering (a rejected node is asked again once per round).
+    ref_bench_ms : float
+        Run-config ``ref-bench-ms`` (0: fix the reference from the first measured profiles).
 
     Returns
     -------
     list[Node]
         The nodes registered by this call.
     """
-    unseen = table.unseen(list(grid.get_node_ids()))
+    live = list(grid.get_node_ids())
+    unseen = table.unseen(live, server_round)
     if not unseen:
         return []
+    for n in unseen:
+        table.asked[n] = server_round
     msgs = [
         Message(RecordDict({"config": query}), dst_node_id=n, message_type=QUERY_PROFILE)
         for n in unseen
     ]
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
     sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
-    new: list[Node] = []
+    batch: list[tuple[int, DeviceProfile]] = []
     for reply in replies:
         node_id = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        if node_id not in unseen:
+            continue  # not a node asked now
         if reply.has_error():
             log.warning(
                 "node %s: profile query failed (%s); will ask again next round",
@@ -150,10 +178,29 @@ def query_profiles(
             if "profile" not in reply.content.config_records:
                 raise ConfigError("reply carries no 'profile' record")
             profile = parse_profile(dict(reply.content.config_records["profile"]))
-        except ConfigError as exc:
+            holders = [(nid, n.device_id) for nid, n in table.nodes.items()]
+            holders += [(nid, p.device_id) for nid, p in batch]
+            other = device_in_use(holders, node_id, profile.device_id, set(live))
+            if other is not None:
+                raise ConfigError(
+                    f"device-id {profile.device_id!r} is already in use by live node {other}"
+                )
+        except Exception as exc:  # one bad profile never stops registration
             table.rejected[node_id] = str(exc)
-            log.error("node %s: profile rejected, node left out of planning: %s", node_id, exc)
+            log.error(
+                "node %s: profile rejected, node left out of planning (asked again next round): %s",
+                node_id,
+                exc,
+            )
             continue
+        batch.append((node_id, profile))
+    if table.reference_bench_ms is None or ref_bench_ms:
+        measured = [p.bench_ms for _, p in batch if not p.simulated and p.bench_ms]
+        if measured or ref_bench_ms:
+            table.reference_bench_ms = reference_bench_ms(measured, ref_bench_ms)
+    new: list[Node] = []
+    for node_id, profile in batch:
+        table.rejected.pop(node_id, None)
         new.append(table.add(node_id, profile, planner))
     answered = {sent.get(r.metadata.reply_to_message_id) for r in replies}
     for node_id in sorted(set(unseen) - answered):

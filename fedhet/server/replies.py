@@ -1,9 +1,11 @@
 """Train replies: the gate between what devices send and what a method aggregates.
 
 Every train reply is checked before a method sees it: an error reply, a reply from an unknown
-node, malformed metrics (:func:`~fedhet.server.validate.validate_train_metrics`) or arrays the
+node, arrays that do not match the node's plan (checked *before* decoding, with a byte cap:
+:func:`~fedhet.server.trust.read_train_reply`), malformed or unbounded metrics, or arrays the
 method rejects (its ``validate_reply`` hook) are dropped with a logged reason, never averaged in
-(METHODS.md B1). A device that could not train replies ``infeasible``; a sampled node that did not
+(METHODS.md B1, DESIGN.md "Trust"). No exception from one reply escapes the round. ``num-examples``
+is capped at the training-set size the node declared. A device that could not train replies ``infeasible``; a sampled node that did not
 reply before the timeout is logged as ``no-reply``.
 """
 
@@ -15,16 +17,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import Message, RecordDict
 
-from fedhet.server.ledger import RoundLog, to_numpy_dict
+from fedhet.server.ledger import RoundLog
 from fedhet.server.registration import Node
-from fedhet.server.validate import ReplyError, validate_train_metrics
+from fedhet.server.trust import TrainReply
+from fedhet.server.validate import ReplyError
 
 log = logging.getLogger("fedhet")
 
 #: A method's reply check: ``(node, arrays, metrics)``; raises ReplyError (or ValueError).
 ReplyCheck = Callable[[Node, dict[str, np.ndarray], dict[str, Any]], None]
+#: Reads a reply's content for a node (checks before decoding): ``(node, content) → TrainReply``.
+ReplyReader = Callable[[Node, RecordDict], TrainReply]
 
 
 @dataclass
@@ -43,6 +48,7 @@ def collect_train_replies(
     current: RoundLog,
     totals: dict[str, int],
     check: ReplyCheck,
+    read: ReplyReader,
 ) -> list[Reply]:
     """The usable train replies of a round; every other one is dropped with its reason.
 
@@ -58,6 +64,8 @@ def collect_train_replies(
         Run byte totals, updated in place.
     check : ReplyCheck
         The method's reply validation.
+    read : ReplyReader
+        Checks records, arrays (before decoding) and metrics against the node's plan.
 
     Returns
     -------
@@ -80,10 +88,10 @@ def collect_train_replies(
                 f"error reply (code {reply.error.code}): {reply.error.reason}",
             )
             continue
-        totals["bytes-up"] += current.count(node, reply.content, "up")
         try:
-            metrics = dict(reply.content.metric_records.get("metrics", MetricRecord()))
-            if metrics.get("infeasible"):
+            totals["bytes-up"] += current.count(node, reply.content, "up")
+            checked = read(node, reply.content)
+            if checked.infeasible:
                 entry["status"] = "infeasible"
                 log.info(
                     "round %d: node %s could not train (infeasible)",
@@ -91,21 +99,18 @@ def collect_train_replies(
                     node.node_id,
                 )
                 continue
-            arrays = to_numpy_dict(reply.content.array_records.get("arrays", ArrayRecord()))
-            n = validate_train_metrics(metrics)
+            arrays, metrics, n = checked.arrays, checked.metrics, checked.num_examples
             check(node, arrays, metrics)
-        except (ReplyError, ValueError, TypeError) as exc:
+        except Exception as exc:  # no exception from one reply escapes the round
             entry["status"] = "dropped"
-            current.drop(node.node_id, node.device_id, "train", str(exc))
+            reason = str(exc) if isinstance(exc, ReplyError) else f"{type(exc).__name__}: {exc}"
+            current.drop(node.node_id, node.device_id, "train", reason)
             continue
         entry.update(
             status="trained",
-            **{
-                k: metrics[k]
-                for k in ("train-seconds", "num-examples", "train-loss")
-                if k in metrics
-            },
+            **{k: metrics[k] for k in ("train-seconds", "train-loss") if k in metrics},
         )
+        entry["num-examples"] = n
         entry.update({k: v for k, v in metrics.items() if k.startswith("measured-")})
         valid.append(Reply(node, arrays, metrics, n))
     for entry in current.nodes.values():

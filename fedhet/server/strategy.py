@@ -10,7 +10,9 @@ per concern, all under :mod:`fedhet.server`:
 * :mod:`~fedhet.server.ledger`: bytes per node and round, ``metrics.jsonl`` lines, the ``Result``;
 * :mod:`~fedhet.server.evaluation`: pooled federated evaluation, the global test set;
 * :mod:`~fedhet.server.checkpoint`: checkpoints and resume;
-* :mod:`~fedhet.server.validate`: reply checks (a bad reply is dropped with a logged reason).
+* :mod:`~fedhet.server.validate`: reply checks (a bad reply is dropped with a logged reason);
+* :mod:`~fedhet.server.trust`: checks before decoding, example caps, the norm-outlier filter,
+  rollback of a non-finite aggregate, the idle-round limit (DESIGN.md "Trust").
 
 Each node gets one typed plan (:class:`~fedhet.plan.NodePlan`, the method's
 :attr:`~FedhetStrategy.knobs_model` as knobs), sent in every message's config. A method overrides
@@ -26,11 +28,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from fedhet.config import RunConfig
+from fedhet.config import ConfigError, RunConfig
 from fedhet.data.base import TensorData
 from fedhet.plan import NodePlan, budget_for, plan_knobs_of
 from fedhet.profile import DeviceProfile
@@ -58,7 +61,15 @@ from fedhet.server.registration import (
     wait_for_nodes,
 )
 from fedhet.server.replies import Reply, collect_train_replies
-from fedhet.server.run_dir import RunDir
+from fedhet.server.run_dir import RunDir, RunDirLocked
+from fedhet.server.trust import (
+    IdleWatch,
+    RunFailed,
+    TrainReply,
+    drop_outliers,
+    guarded_aggregate,
+    read_train_reply,
+)
 
 __all__ = [
     "QUERY_PROFILE",
@@ -102,11 +113,24 @@ class FedhetStrategy(MethodHooks, Strategy):
         self.history: list[RoundRecord] = []
         self._sent: dict[str, int] = {}
         self._test = GlobalTest(self.shared.dataset, self.shared.server_eval)
+        #: What each node was sent for training this round (for the update-size filter).
+        self._sent_train: dict[int, Arrays] = {}
+        self.idle = IdleWatch(self.shared.max_idle_rounds)
+        if self.shared.aggregation != "mean" and not self.supports_robust_rules():
+            raise ConfigError(
+                f"invalid run config: 'aggregation' = {self.shared.aggregation!r} is not available "
+                f"for method {self.name!r} (its aggregation is method-specific); use 'mean'"
+            )
 
     @property
     def nodes(self) -> dict[int, Node]:
         """Registered nodes by node id."""
         return self.registry.nodes
+
+    @property
+    def bench_reference(self) -> float | None:
+        """The run's fixed time reference (see :func:`fedhet.plan.reference_bench_ms`)."""
+        return self.registry.reference_bench_ms
 
     @property
     def rejected(self) -> dict[int, str]:
@@ -126,7 +150,15 @@ class FedhetStrategy(MethodHooks, Strategy):
         """
         query = ConfigRecord({"run-name": self.shared.run_name, "fleet": self.shared.fleet})
         timeout = min(self.shared.round_timeout, REGISTRATION_TIMEOUT_S)
-        new = query_profiles(grid, self.registry, query, self._planner(server_round), timeout)
+        new = query_profiles(
+            grid,
+            self.registry,
+            query,
+            self._planner(server_round),
+            timeout,
+            server_round=server_round,
+            ref_bench_ms=self.shared.ref_bench_ms,
+        )
         if new or self.rejected:
             self.registry.save(self.run_dir)
         return new
@@ -203,8 +235,10 @@ class FedhetStrategy(MethodHooks, Strategy):
         ``arrays`` is not used: each node's payload comes from :meth:`train_payload`.
         """
         msgs = []
+        self._sent_train = {}
         for node in self.sample(grid, server_round, self.shared.fraction_train, "train"):
             payload, extra = self.train_payload(node, server_round)
+            self._sent_train[node.node_id] = payload
             msgs.append(
                 self._message(
                     node, payload, {**dict(config), **extra}, server_round, MessageType.TRAIN
@@ -219,6 +253,23 @@ class FedhetStrategy(MethodHooks, Strategy):
 
         return check
 
+    def _reader(self, server_round: int) -> Callable[[Node, RecordDict], TrainReply]:
+        model_bytes = int(sum(np.asarray(a).nbytes for a in self.global_arrays.values()))
+
+        def read(node: Node, content: RecordDict) -> TrainReply:
+            names = [str(k) for k in content.array_records.get("arrays", {})]
+            spec, sizes = self.reply_spec(node, server_round, names)
+            return read_train_reply(
+                content,
+                spec,
+                sizes=sizes,
+                declared_examples=node.profile.num_train,
+                max_reply_bytes=self.shared.max_reply_bytes,
+                open_length_bytes=model_bytes,
+            )
+
+        return read
+
     def _reply_node(self, reply: Message) -> Node | None:
         node_id = self._sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         return self.nodes.get(node_id)
@@ -228,6 +279,9 @@ class FedhetStrategy(MethodHooks, Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate every reply, drop bad ones with a logged reason, aggregate the rest.
 
+        Replies are checked before decoding, updates far larger than the round's others are
+        dropped (``outlier-factor``), and an aggregate that is not finite is rolled back.
+
         Returns
         -------
         tuple[ArrayRecord | None, MetricRecord | None]
@@ -235,10 +289,23 @@ class FedhetStrategy(MethodHooks, Strategy):
             sample-weighted ``train-loss``.
         """
         valid = collect_train_replies(
-            replies, self._reply_node, self.current, self.totals, self._checker(server_round)
+            replies,
+            self._reply_node,
+            self.current,
+            self.totals,
+            self._checker(server_round),
+            self._reader(server_round),
         )
+        sent = {} if self.replies_are_updates else self._sent_train
+        valid = drop_outliers(valid, sent, self.shared.outlier_factor, self.current)
         if valid:
-            self.aggregate(server_round, valid)
+            robust = self.shared.aggregation != "mean"
+            guarded_aggregate(
+                self,
+                server_round,
+                lambda: (self.robust_aggregate if robust else self.aggregate)(server_round, valid),
+                self.current,
+            )
         total_n = sum(r.num_examples for r in valid)
         metrics_out: dict[str, int | float | list[int] | list[float]] = {"num-replies": len(valid)}
         if total_n > 0:
@@ -308,7 +375,8 @@ class FedhetStrategy(MethodHooks, Strategy):
         """
         if self.run_dir is None:
             return 0
-        point = resume_point(self.run_dir, self.cfg.raw)
+        shapes = {k: tuple(np.shape(v)) for k, v in self.global_arrays.items()}
+        point = resume_point(self.run_dir, self.cfg.raw, self.name, shapes)
         if point is None:
             return 0
         self.global_arrays = point.global_arrays
@@ -387,6 +455,11 @@ class FedhetStrategy(MethodHooks, Strategy):
         ------
         ValueError
             If ``train_config``, ``evaluate_config`` or ``evaluate_fn`` is given.
+        RunDirLocked
+            If another server holds the run folder (same ``run-name``).
+        RunFailed
+            If no node trained for ``max-idle-rounds`` consecutive rounds (the reason is also in
+            the last ``metrics.jsonl`` line, ``run-failed``).
         """
         if train_config or evaluate_config or evaluate_fn is not None:
             raise ValueError(
@@ -397,19 +470,40 @@ class FedhetStrategy(MethodHooks, Strategy):
         self.summary()
         if initial_arrays is not None and len(initial_arrays):
             self.global_arrays = to_numpy_dict(initial_arrays)
+        if self.run_dir:
+            try:
+                self.run_dir.lock()  # a second server with the same run name fails here
+            except RunDirLocked as exc:
+                log.error("%s", exc)
+                raise
+        try:
+            return self._run_rounds(grid, num_rounds)
+        finally:
+            if self.run_dir:
+                self.run_dir.unlock()
+
+    def _run_rounds(self, grid: Grid, num_rounds: int) -> Result:
+        """Resume, then run rounds up to ``num_rounds``; see :meth:`start`."""
         last = self.resume(grid)
         self.history = []
         t0 = time.time()
         for server_round in range(last + 1, num_rounds + 1):
             record = self.run_round(grid, server_round)
+            failed = self.idle.observe(server_round, int(record["num-trained"]))
+            if failed:
+                record["run-failed"] = failed
             self.history.append(record)
             if self.run_dir:
                 self.run_dir.append_metrics(record)
-                if server_round % self.shared.checkpoint_every == 0 or server_round == num_rounds:
-                    state = checkpoint_state(
-                        server_round, self.name, self.global_arrays, self.state_dict(), self.totals
-                    )
-                    self.run_dir.save_checkpoint(server_round, state)
+            if failed:
+                log.error("run %s failed: %s", self.shared.run_name, failed)
+                raise RunFailed(failed)
+            every = self.shared.checkpoint_every
+            if self.run_dir and (server_round % every == 0 or server_round == num_rounds):
+                state = checkpoint_state(
+                    server_round, self.name, self.global_arrays, self.state_dict(), self.totals
+                )
+                self.run_dir.save_checkpoint(server_round, state)
             done = server_round - last
             log_round(record, num_rounds, (time.time() - t0) / done * (num_rounds - server_round))
         if last >= num_rounds:

@@ -142,3 +142,53 @@ def test_missing_and_unsupported(tmp_path: Path) -> None:
     (tmp_path / "data.json").write_text("{}")
     with pytest.raises(ValueError, match=r"unsupported data format"):
         load_user_data(tmp_path / "data.json")
+
+
+def test_device_with_fewer_classes_trains_in_the_runs_class_space(tmp_path: Path) -> None:
+    """Issue 10 item 7: labels 0..4 on a device of a 10-class run keep the 10-class model."""
+    import json
+
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+    from fedhet.client.runtime import ClientContext
+    from fedhet.config import default_run_config
+    from fedhet.methods.fedavg import client
+    from fedhet.models import build_model
+    from fedhet.sim import LocalGrid
+
+    LocalGrid(None, [], {})  # sets Flower's task identity so Messages can be built in-process
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "five.npz",
+        x=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+        y=np.arange(20) % 5,
+    )
+    raw = default_run_config(run_name="user5", local_steps=1, batch_size=4)
+    ctx = ClientContext.from_context(
+        Context(
+            run_id=1,
+            node_id=7,
+            node_config={"data-path": str(tmp_path / "five.npz"), "device-id": "line5"},
+            state=RecordDict(),
+            run_config=json.loads(json.dumps(raw)),
+        )
+    )
+    assert ctx.data().train.num_classes == 10
+    model = build_model("cnn_s")
+    arrays = {k: Array(v.detach().numpy().copy()) for k, v in model.state_dict().items()}
+    msg = Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord(array_dict=arrays),
+                "config": ConfigRecord({"server-round": 1}),
+            }
+        ),
+        dst_node_id=7,
+        message_type="train",
+    )
+    reply = client.train(msg, ctx)
+    out = reply.array_records["arrays"]
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        k: tuple(v.shape) for k, v in arrays.items()
+    }
+    assert int(reply.metric_records["metrics"]["num-examples"]) == len(ctx.data().train)

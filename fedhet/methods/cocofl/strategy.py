@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedhet.config import RunConfig
-from fedhet.core.aggregate import Contribution, masked_mean
+from fedhet.core.aggregate import Contribution
 from fedhet.core.codec import decode_payload, payload_bytes
 from fedhet.core.costs import WindowCost
 from fedhet.core.quant import window_state_keys
@@ -66,6 +66,7 @@ class CoCoFLStrategy(FedhetStrategy):
     """
 
     name: ClassVar[str] = "cocofl"
+    aggregates_with_combine: ClassVar[bool] = True
     knobs_model = CoCoFLKnobs
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
@@ -199,7 +200,7 @@ class CoCoFLStrategy(FedhetStrategy):
         if not contribs or sum(c.weight for c in contribs) <= 0:
             return
         self.current.extras["cocofl-unit-trainers"] = trainers
-        self.global_arrays = masked_mean(contribs, self.global_arrays, mode="zero-fill")
+        self.global_arrays = self.combine(contribs, self.global_arrays, mode="zero-fill")
 
     def summary(self) -> None:
         super().summary()

@@ -94,6 +94,15 @@ class FedITStrategy(AdapterStrategy):
             self.backbone_params,
         )
 
+    def reply_spec(
+        self, node: Node, server_round: int, names: list[str]
+    ) -> tuple[dict[str, ArraySpec], dict[str, int]]:
+        """Checked before decoding: the adapter and a template-shaped head per named task."""
+        spec = dict(self.lora_spec)
+        for task in sorted({p[0] for k in names if (p := head_task(k))}):
+            spec.update({f"{self.head_prefix}{task}.{p}": s for p, s in self.head_spec.items()})
+        return spec, {}
+
     def validate_reply(
         self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]
     ) -> None:
@@ -106,7 +115,9 @@ class FedITStrategy(AdapterStrategy):
             expected.update({f"{self.head_prefix}{task}.{p}": s for p, s in self.head_spec.items()})
         validate_arrays(arrays, expected, required=True)
         examples = list(metrics.get(TASK_EXAMPLES, []))
-        if len(examples) != len(heads) or any(float(n) < 0 for n in examples):
+        if len(examples) != len(heads) or any(
+            not np.isfinite(float(n)) or float(n) < 0 for n in examples
+        ):
             raise ReplyError(f"{TASK_EXAMPLES!r} must give one count per head ({len(heads)})")
 
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
@@ -123,7 +134,8 @@ class FedITStrategy(AdapterStrategy):
             for task, n in zip(tasks, r.metrics[TASK_EXAMPLES], strict=True):
                 head = {p: r.arrays[f"{self.head_prefix}{task}.{p}"] for p in self.head_spec}
                 if float(n) > 0:  # a head trained on no example carries no weight
-                    per_task.setdefault(task, []).append((head, float(n)))
+                    # and never more than the reply's (capped) example count
+                    per_task.setdefault(task, []).append((head, min(float(n), r.num_examples)))
         for task, heads in per_task.items():
             if task not in self.task_names:
                 self.task_names.append(task)

@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from fedhet.config import RunConfig
-from fedhet.core.aggregate import Contribution, masked_mean
+from fedhet.core.aggregate import Contribution
 from fedhet.core.codec import VALUES, decode_payload, encode_sparse
 from fedhet.core.masks import (
     magnitude_thresholds,
@@ -59,6 +59,8 @@ class FiarseStrategy(SizedStrategy):
 
     name: ClassVar[str] = "fiarse"
     knobs_model = FiarseKnobs
+    replies_are_updates: ClassVar[bool] = True  # values and dense arrays are differences
+    aggregates_with_combine: ClassVar[bool] = True
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         super().__init__(cfg, run_dir)
@@ -151,6 +153,15 @@ class FiarseStrategy(SizedStrategy):
                 spec[name] = (tuple(arr.shape), np.dtype(arr.dtype))
         return spec
 
+    def reply_spec(
+        self, node: Node, server_round: int, names: list[str]
+    ) -> tuple[dict[str, ArraySpec], dict[str, int]]:
+        """Checked before decoding: each values array has exactly its mask's kept count."""
+        masks = self._round_masks.get(node.device_id, {})
+        return self.expected_reply(node, server_round), {
+            name + VALUES: int(m.sum()) for name, m in masks.items()
+        }
+
     def validate_reply(
         self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]
     ) -> None:
@@ -191,7 +202,7 @@ class FiarseStrategy(SizedStrategy):
         self.current.extras["fiarse-held-fraction"] = covered / sum(
             int(np.prod(self.shapes[n])) for n in self.maskable
         )
-        self.global_arrays = masked_mean(
+        self.global_arrays = self.combine(
             contribs, base, mode="holders", server_lr=self.fcfg.server_lr
         )
 

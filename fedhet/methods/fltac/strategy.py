@@ -35,6 +35,7 @@ from fedhet.methods.fltac.config import FltacConfig
 from fedhet.methods.fltac.plan import FltacKnobs
 from fedhet.methods.fltac.wire import (
     MAX_SLOTS,
+    SLOT_NAME,
     SlotState,
     init_arrays,
     slot_arrays,
@@ -220,6 +221,22 @@ class FltacStrategy(AdapterStrategy):
             for s in self._known_slots(node)
             for k, spec in self.slot_spec.items()
         }
+
+    def reply_spec(
+        self, node: Node, server_round: int, names: list[str]
+    ) -> tuple[dict[str, ArraySpec], dict[str, int]]:
+        """Checked before decoding: the device's known slots, or (slot count not yet known) the
+        slots its array names give, below ``MAX_SLOTS``."""
+        if self._known_slots(node):
+            return self.expected_reply(node, server_round), {}
+        slots = {int(m.group(1)) for n in names if (m := SLOT_NAME.match(n))}
+        spec = {
+            f"slot{s}/{k}": v
+            for s in sorted(slots)
+            if s < MAX_SLOTS
+            for k, v in self.slot_spec.items()
+        }
+        return spec, {}
 
     def validate_reply(
         self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]

@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from fedhet.config import ConfigError, RunConfig
-from fedhet.core.aggregate import Contribution, masked_mean
+from fedhet.core.aggregate import Contribution
 from fedhet.core.width import WIDTH_MODELS, extract_submodel, scatter_submodel, width_indices
 from fedhet.methods.width.config import WidthConfig
 from fedhet.methods.width.plan import WidthKnobs
@@ -46,6 +46,7 @@ class WidthStrategy(SizedStrategy):
     """
 
     name: ClassVar[str] = "width"
+    aggregates_with_combine: ClassVar[bool] = True
     #: ``static`` (HeteroFL) or ``rolling`` (FedRolex), see :func:`fedhet.core.width.kept_units`.
     mode: ClassVar[str] = "static"
     knobs_model = WidthKnobs
@@ -130,7 +131,7 @@ class WidthStrategy(SizedStrategy):
                 masks[name] = h
             contribs.append(Contribution(tensors, 1.0, masks))
         if contribs:
-            self.global_arrays = masked_mean(
+            self.global_arrays = self.combine(
                 contribs, base, mode="holders", server_lr=self.wcfg.server_lr
             )
 

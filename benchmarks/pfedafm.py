@@ -198,6 +198,42 @@ def claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def local_epoch_matched(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """pFedAFM at round 2k vs Standalone at round k: both local models have had 2k epochs.
+
+    pFedAFM spends E epochs per round on the local model and E on G; while α ≈ 1 the mixture is
+    almost the local model, so this separates "less local training" from "mixing hurts".
+    """
+    out = []
+    for split in SPLITS:
+        afm = {
+            r["seed"]: r["curve"] for r in rows if r["method"] == "pFedAFM" and r["split"] == split
+        }
+        alone = {
+            r["seed"]: r["curve"]
+            for r in rows
+            if r["method"] == "Standalone" and r["split"] == split
+        }
+        seeds = sorted(set(afm) & set(alone))
+        if not seeds:
+            continue
+        n = min(len(afm[s]) for s in seeds)
+        for k in range(1, n // 2 + 1):
+            diffs = [afm[s][2 * k - 1]["accuracy"] - alone[s][k - 1]["accuracy"] for s in seeds]
+            v = verdict(diffs)
+            out.append(
+                [
+                    split,
+                    2 * k,
+                    k,
+                    f"{100 * v['margin']:.2f}",
+                    f"{100 * v['spread']:.2f}",
+                    v["verdict"],
+                ]
+            )
+    return out
+
+
 def _pct(x: float | None, std: float | None = None) -> str:
     if x is None:
         return "–"
@@ -320,6 +356,10 @@ def render(
             for c in claims(rows)
         ],
     )
+    matched = markdown_table(
+        ["Split", "pFedAFM round", "Standalone round", "margin (points)", "spread", "verdict"],
+        local_epoch_matched(rows),
+    )
     return f"""# pFedAFM vs Standalone vs FedAvg (CNN-5) — {tier} tier (METHODS.md §5.6)
 
 Command: `{command}` ({wall:.0f} s wall in all; seeds {seeds}; 1 torch thread per run, on a
@@ -354,6 +394,15 @@ architecture in the other methods.
 ## α over rounds (pFedAFM, mean over clients and seeds)
 
 {alpha}
+
+## Reading: equal local-model training
+
+The comparison above is compute-matched (2 epochs per round for every method), as §5.6 asks. Of
+pFedAFM's 2 epochs only stage 1 trains the local model and α; stage 2 trains G, which enters the
+personalised prediction with weight 1 − α. Below, pFedAFM after round 2k is compared with
+Standalone after round k, when both local models have had 2k epochs (same verdict rule):
+
+{matched}
 
 ![curves](pfedafm-{tier}.png)
 """
@@ -423,11 +472,30 @@ def write_index(out: Path) -> None:
     (out / "pfedafm.md").write_text("\n".join(parts))
 
 
+def rerender(path: Path) -> None:
+    """Rewrite ``pfedafm-<tier>.md/.png`` and the index from a saved JSON (no training)."""
+    data = json.loads(path.read_text())
+    rows, quick = data["runs"], data["command"].find("--quick") >= 0
+    tier = "quick" if quick else "reference"
+    out = path.parent
+    text = render(rows, quick, data["seeds"], data["command"], data["wall-s"])
+    plot(rows, out / f"pfedafm-{tier}.png", f"pFedAFM benchmark ({tier})")
+    data["claims"] = claims(rows)
+    data["local-epoch-matched"] = local_epoch_matched(rows)
+    write_result(out, f"pfedafm-{tier}", text, data)
+    write_index(out)
+    print(text)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--seeds", type=int, default=1, help="seeds seed..seed+N-1 (mean ± std)")
     pre.add_argument("--splits", default=",".join(SPLITS), help="comma-separated of P1,P2")
+    pre.add_argument("--from-json", type=Path, help="re-render a tier from its saved JSON")
     extra, rest = pre.parse_known_args(argv)
+    if extra.from_json:
+        rerender(extra.from_json)
+        return
     args = parse_args(__doc__.splitlines()[0], list(METHODS), "3-round CI tier", rest)
     if args.methods == ",".join(METHODS):  # the default: the three §5.6 methods
         args.labels = list(DEFAULT_METHODS)
@@ -464,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "settings": settings(args.quick),
             "methods": {k: METHODS[k] for k in args.labels},
             "claims": claims(rows),
+            "local-epoch-matched": local_epoch_matched(rows),
             "summary": aggregate_rows(rows),
             "runs": rows,
             "wall-s": wall,

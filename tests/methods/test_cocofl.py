@@ -445,3 +445,30 @@ def test_profile_costs_cli_writes_a_table(tmp_path: Path) -> None:
     )
     doc = json.loads(out.read_text())
     assert doc["meta"]["model"] == "cnn_b" and len(doc["rows"]) == 21
+
+
+def test_real_int8_switch_changes_only_windows_with_a_front() -> None:
+    """``cocofl.real-int8`` reaches the device: a window with units before it (medium, weak)
+    trains on different activations (real int8 kernels vs fake quantisation), so its loss and
+    upload differ; a window starting at unit 0 (strong, full model) has no front and is
+    bit-identical (issue 14 asked whether the switch works at all)."""
+    runs = {}
+    for real in (True, False):
+        _, _, history, replies = run_grid(
+            run_config(num_server_rounds=1, **{"cocofl.real-int8": real})
+        )
+        runs[real] = (history[0]["nodes"], replies)
+    nodes = {n["node-id"]: n for n in runs[True][0]}
+    fronted = 0
+    for node_id, reply in runs[True][1].items():
+        other = runs[False][1][node_id]
+        a = reply.content.array_records["arrays"]
+        b = other.content.array_records["arrays"]
+        same = all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+        start = int(reply.content.metric_records["metrics"]["window-start"])
+        if start == 0:
+            assert same, nodes[node_id]
+        else:
+            fronted += 1
+            assert not same, nodes[node_id]
+    assert fronted >= 2  # the three-tier fleet gives medium/weak devices windows after unit 0

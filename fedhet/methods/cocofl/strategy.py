@@ -43,6 +43,9 @@ from fedhet.server.run_dir import RunDir
 from fedhet.server.strategy import FedhetStrategy, Node, Reply
 from fedhet.server.validate import ReplyError, spec_of, validate_arrays
 
+#: Suffixes of BatchNorm running statistics (aggregated per ``cocofl.bn-stats``).
+BN_STATS: tuple[str, ...] = (".running_mean", ".running_var")
+
 log = logging.getLogger("fedhet")
 
 #: Slack for float comparisons of fractions (the table's full window is exactly 1).
@@ -185,7 +188,10 @@ class CoCoFLStrategy(FedhetStrategy):
 
         w_l ← w_l + Σ_{i∈S_l} ω_i (w_{l,i} − w_l) / Σ_{i∈S} ω_i with ω_i = 1 (``cocofl.weighted``:
         ω_i = n_i); S are all valid replies of the round, S_l those whose window holds tensor l.
-        BN running statistics follow the same rule; ``num_batches_tracked`` keeps its value.
+        BN running statistics: ``cocofl.bn-stats=holders`` (default) averages them over the
+        devices whose window held them (B2 ``holders``, unchanged when nobody trained the unit);
+        ``zero-fill`` applies the weights' rule (the official code). ``num_batches_tracked``
+        keeps its value.
         """
         contribs: list[Contribution] = []
         trainers = [0] * self.num_units
@@ -199,7 +205,12 @@ class CoCoFLStrategy(FedhetStrategy):
         if not contribs or sum(c.weight for c in contribs) <= 0:
             return
         self.current.extras["cocofl-unit-trainers"] = trainers
-        self.global_arrays = masked_mean(contribs, self.global_arrays, mode="zero-fill")
+        base = self.global_arrays
+        out = masked_mean(contribs, base, mode="zero-fill")
+        if self.ccfg.bn_stats == "holders":
+            stats = {k: v for k, v in base.items() if k.endswith(BN_STATS)}
+            out.update(masked_mean(contribs, stats, mode="holders"))
+        self.global_arrays = out
 
     def summary(self) -> None:
         super().summary()

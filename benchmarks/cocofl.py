@@ -494,13 +494,19 @@ step, on every device alike.
 """
 
 
+#: Hand-written findings appended to ``cocofl.md`` after the generated tiers.
+NOTES = "cocofl-notes.md"
+
+
 def combine_tiers(out: Path) -> Path:
-    """``cocofl.md`` = the reference tier's section (if run) followed by the quick tier's."""
+    """``cocofl.md`` = the reference tier's section (if run), the quick tier's, then the notes."""
     parts = [
         (out / f"cocofl-{tier}.md").read_text()
         for tier in ("reference", "quick")
         if (out / f"cocofl-{tier}.md").exists()
     ]
+    if (out / NOTES).exists():
+        parts.append((out / NOTES).read_text())
     path = out / "cocofl.md"
     path.write_text("\n\n".join(parts))
     return path

@@ -182,6 +182,8 @@ def render_all(results: Path = RESULTS, readme: Path = README) -> dict[Path, str
             if data is not None:
                 out[results / f"{bench}-{tier}.md"] = render(data)
     parts = [out[p] for t in TIERS if (p := results / f"cocofl-{t}.md") in out]
+    if parts and (results / cocofl.NOTES).is_file():
+        parts.append((results / cocofl.NOTES).read_text())
     if parts:
         out[results / "cocofl.md"] = "\n\n".join(parts)
     blocks = _generated_blocks(results)

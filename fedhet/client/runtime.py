@@ -123,6 +123,7 @@ class ClientContext:
             self.run.shared.seed,
             self.run.shared.max_train_per_client,
             self.run.shared.local_test_size,
+            self.run.shared.fleet,
         )
 
 
@@ -138,6 +139,7 @@ def _client_split(
     seed: int,
     max_train: int,
     local_test_size: int,
+    fleet: str = "three-tier",
 ) -> Any:
     from fedhet.data import federated_split
 
@@ -169,7 +171,14 @@ def _client_split(
         seed=seed,
         max_train=max_train,
         local_test_size=local_test_size,
+        groups=fleet_groups(fleet, num_partitions) if scheme == "group-correlated" else None,
     )
+
+
+def fleet_groups(fleet: str, num_partitions: int) -> list[str]:
+    """Device class of every partition id under the simulated ``fleet`` (the groups of the
+    ``group-correlated`` split, METHODS.md §6.6 C2)."""
+    return [fleet_class(fleet, pid, num_partitions) for pid in range(num_partitions)]
 
 
 # message helpers -----------------------------------------------------------------------------------

@@ -200,11 +200,46 @@ def scatter_submodel(
     return values, holders
 
 
+def classifier_keys(model_name: str) -> tuple[str, ...]:
+    """State keys of the classifier (last layer of the chain) of ``model_name``: its weight and,
+    if the model has one, its bias. Rows are classes."""
+    try:
+        last = _CHAINS[model_name][-1].prefix
+    except KeyError:
+        raise ValueError(
+            f"width extraction supports {', '.join(WIDTH_MODELS)}; got {model_name!r}"
+        ) from None
+    return (f"{last}.weight", f"{last}.bias")
+
+
+def restrict_to_classes(
+    held: dict[str, Tensor], keys: tuple[str, ...], classes: list[int]
+) -> dict[str, Tensor]:
+    """Holder masks with the classifier rows of classes outside ``classes`` not held.
+
+    HeteroFL's label split (Diao et al., ICLR 2021, §3 and its non-IID experiments; kept by
+    FedRolex, Alam et al., NeurIPS 2022): a device trains with the logits of classes absent from
+    its labels masked, so its classifier rows of those classes carry no update; the server
+    averages each class's row over the devices that hold the class. Keys in ``keys`` that are not
+    in ``held`` are skipped; other masks are returned unchanged (not copied).
+    """
+    out = dict(held)
+    for key in keys:
+        if key not in out:
+            continue
+        rows = torch.zeros(out[key].shape[0], dtype=torch.bool)
+        rows[torch.as_tensor(classes, dtype=torch.long)] = True
+        out[key] = out[key] & rows.reshape(-1, *([1] * (out[key].dim() - 1)))
+    return out
+
+
 __all__ = [
     "WIDTH_MODELS",
     "WIDTH_MODES",
+    "classifier_keys",
     "extract_submodel",
     "kept_units",
+    "restrict_to_classes",
     "scatter_submodel",
     "width_indices",
 ]

@@ -17,7 +17,12 @@ TextDatasetName = Literal["text-tasks", "synthetic-text"]
 DatasetName = Literal[ImageDatasetName, TextDatasetName]
 #: Partitioners of a dataset across ``partition-id`` nodes (:mod:`fedhet.data.partition`).
 PartitionName = Literal[
-    "iid", "dirichlet", "balanced-dirichlet", "dirichlet-shards", "pathological"
+    "iid",
+    "dirichlet",
+    "balanced-dirichlet",
+    "dirichlet-shards",
+    "pathological",
+    "group-correlated",
 ]
 
 IMAGE_DATASETS: tuple[str, ...] = get_args(ImageDatasetName)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def federated_split(
     local_test_size: int = 500,
     data_dir: str | None = None,
     cache_dir: str | Path | None = None,
+    groups: Sequence[str] | None = None,
 ) -> ClientSplit:
     """Return partition ``partition_id`` of ``dataset`` split ``num_partitions`` ways.
 
@@ -119,6 +121,8 @@ def federated_split(
         Data folder, see :func:`fedhet.data.images.load_image_dataset`.
     cache_dir : str or pathlib.Path, optional
         Folder of the index cache; default :func:`default_cache_dir`.
+    groups : sequence of str, optional
+        Device class of every partition id (``group-correlated`` only; required there).
 
     Returns
     -------
@@ -152,6 +156,8 @@ def federated_split(
         "train_labels": _fingerprint(train_labels),
         "test_labels": _fingerprint(test_labels),
     }
+    if scheme == "group-correlated":
+        settings["groups"] = list(groups or [])
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"{dataset}-{num_partitions}-{key}.npz"
@@ -168,6 +174,7 @@ def federated_split(
             seed=seed,
             max_train=max_train,
             local_test_size=local_test_size,
+            groups=groups,
         )
         _write_cache(path, parts, settings)
     train_idx, test_idx = parts[0][partition_id], parts[1][partition_id]
@@ -208,6 +215,7 @@ def _compute_parts(
     seed: int,
     max_train: int,
     local_test_size: int,
+    groups: Sequence[str] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     n_per_client = max_train if scheme == "balanced-dirichlet" and max_train > 0 else None
     train_parts = partition(
@@ -218,6 +226,7 @@ def _compute_parts(
         k=k,
         n_per_client=n_per_client,
         seed=seed,
+        groups=groups,
     )
     if max_train > 0:
         train_parts = cap_per_client(train_parts, max_train, _derived_seed(seed, 1))

@@ -15,6 +15,7 @@ import numpy as np
 from fedhet.data.catalog import PARTITIONS
 
 __all__ = [
+    "GROUP_HOMES",
     "PARTITIONERS",
     "balanced_dirichlet",
     "class_histogram",
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 PARTITIONERS: tuple[str, ...] = PARTITIONS
 
 _MAX_DIRICHLET_TRIES = 1000
+
+#: Home classes of each device class for ``group-correlated`` (METHODS.md §6.6, split C2).
+GROUP_HOMES: dict[str, tuple[int, ...]] = {
+    "strong": (0, 1, 2),
+    "medium": (3, 4, 5),
+    "weak": (6, 7, 8, 9),
+}
+#: Share of a class kept in its home device class (METHODS.md §6.6: 80 %).
+GROUP_HOME_SHARE = 0.8
 
 
 def _as_labels(labels: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -477,6 +487,35 @@ def _partition_pathological(
     return pathological(labels, num_clients, k, seed)
 
 
+def _partition_group_correlated(
+    labels: np.ndarray,
+    num_clients: int,
+    *,
+    alpha: float,
+    k: int,
+    n_per_client: int,
+    seed: int,
+    groups: Sequence[str] | None = None,
+) -> list[np.ndarray]:
+    """:func:`group_correlated` with device-class names as groups and :data:`GROUP_HOMES`.
+
+    A device class absent from ``groups`` has no home: its classes are spread evenly over the
+    present ones (logged).
+    """
+    if groups is None or len(groups) != num_clients:
+        raise ValueError(
+            "partition 'group-correlated' needs the device class of every client "
+            f"(got {None if groups is None else len(groups)} for {num_clients} clients)"
+        )
+    names = sorted(set(groups))
+    ids = [names.index(g) for g in groups]
+    homes = {names.index(g): list(cs) for g, cs in GROUP_HOMES.items() if g in names}
+    absent = [g for g in GROUP_HOMES if g not in names]
+    if absent:
+        log.info("group-correlated: no %s devices; their home classes are spread evenly", absent)
+    return group_correlated(labels, ids, homes, home_share=GROUP_HOME_SHARE, seed=seed)
+
+
 _Partitioner = Callable[..., list[np.ndarray]]
 
 _REGISTRY: dict[str, _Partitioner] = {
@@ -485,6 +524,7 @@ _REGISTRY: dict[str, _Partitioner] = {
     "balanced-dirichlet": _partition_balanced,
     "dirichlet-shards": _partition_shards,
     "pathological": _partition_pathological,
+    "group-correlated": _partition_group_correlated,
 }
 
 
@@ -497,6 +537,7 @@ def partition(
     k: int = 2,
     n_per_client: int | None = None,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
     """Split by the partitioner named ``scheme`` (one of :data:`PARTITIONERS`).
 
@@ -507,7 +548,8 @@ def partition(
     num_clients : int
         Number of clients.
     scheme : str
-        ``iid``, ``dirichlet``, ``balanced-dirichlet``, ``dirichlet-shards`` or ``pathological``.
+        ``iid``, ``dirichlet``, ``balanced-dirichlet``, ``dirichlet-shards``, ``pathological``
+        or ``group-correlated``.
     alpha : float, default 0.5
         Dirichlet concentration (Dirichlet schemes).
     k : int, default 2
@@ -516,6 +558,8 @@ def partition(
         Samples per client (``balanced-dirichlet``); default ``len(labels) // num_clients``.
     seed : int, default 0
         Seed of all draws.
+    groups : sequence of str, optional
+        Device class of every client (``group-correlated`` only, required there).
 
     Returns
     -------
@@ -532,4 +576,5 @@ def partition(
     arr = _as_labels(labels)
     _check_clients(num_clients)
     n = n_per_client if n_per_client is not None else arr.size // num_clients
-    return _REGISTRY[scheme](arr, num_clients, alpha=alpha, k=k, n_per_client=n, seed=seed)
+    extra = {"groups": groups} if scheme == "group-correlated" else {}
+    return _REGISTRY[scheme](arr, num_clients, alpha=alpha, k=k, n_per_client=n, seed=seed, **extra)

@@ -231,28 +231,36 @@ def sample_nodes(
     server_round: int,
     fraction: float,
     purpose: str,
+    *,
+    eligible_only: bool = True,
+    size_of_all: bool = False,
 ) -> list[Node]:
-    """Seeded sample of live, participating, available nodes.
+    """Seeded sample of live, available nodes.
 
     A node is available in a round with its profile's probability, seeded by (run, device,
-    round); ``max(1, ⌊fraction·|pool|⌋)`` of the available ones are drawn, seeded by (run, round,
-    ``purpose``).
+    round). The pool is the available nodes whose plan participates (``eligible_only``, training)
+    or every available node (evaluation: every device can run the global model, so the evaluated
+    devices do not depend on training eligibility). ``m = max(1, ⌊fraction·N⌋)`` with N the pool
+    size, or with ``size_of_all`` the number of available nodes whether eligible or not
+    (FedAvg-drop: the m every other method samples); ``min(m, |pool|)`` are drawn, seeded by
+    (run, round, ``purpose``).
 
     Returns
     -------
     list[Node]
         The sample in node-id order; empty when nobody is available or ``fraction`` is 0.
     """
-    pool = [
+    available = [
         n
         for nid, n in sorted(nodes.items())
         if nid in live
-        and n.plan.participate
         and rng(seed, n.device_id, server_round, "available").random() < n.profile.availability
     ]
+    pool = [n for n in available if n.plan.participate or not eligible_only]
     if not pool or fraction <= 0:
         return []
-    k = max(1, min(len(pool), int(len(pool) * fraction)))
+    base = len(available) if size_of_all else len(pool)
+    k = max(1, min(len(pool), int(base * fraction)))
     idx = rng(seed, server_round, purpose).choice(len(pool), size=k, replace=False)
     return [pool[i] for i in sorted(idx)]
 

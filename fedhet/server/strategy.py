@@ -99,6 +99,9 @@ class FedhetStrategy(MethodHooks, Strategy):
 
     #: The global model is personalised per device (evaluation uses per-device state).
     personalised: ClassVar[bool] = False
+    #: Training sample size m from every available device, not only the participating ones
+    #: (FedAvg-drop draws min(m, |eligible|), METHODS.md §6.2).
+    sample_size_of_all: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         self.cfg = cfg
@@ -202,9 +205,19 @@ class FedhetStrategy(MethodHooks, Strategy):
     # Sampling and messages
     # ------------------------------------------------------------------------------------------
     def sample(self, grid: Grid, server_round: int, fraction: float, purpose: str) -> list[Node]:
-        """Seeded sample of live, participating, available nodes (see :func:`sample_nodes`)."""
+        """Seeded sample of live, available nodes (see :func:`sample_nodes`): training draws from
+        the participating ones, evaluation from all (the same devices for every method)."""
         live = set(grid.get_node_ids())
-        return sample_nodes(self.nodes, live, self.shared.seed, server_round, fraction, purpose)
+        return sample_nodes(
+            self.nodes,
+            live,
+            self.shared.seed,
+            server_round,
+            fraction,
+            purpose,
+            eligible_only=purpose == "train",
+            size_of_all=self.sample_size_of_all,
+        )
 
     def _message(
         self,

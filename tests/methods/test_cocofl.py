@@ -268,9 +268,12 @@ def _reply(node: Node, arrays: dict[str, np.ndarray], window: tuple[int, int], n
     return Reply(node, arrays, metrics, n)
 
 
+@pytest.mark.parametrize("bn_stats", ["zero-fill", "holders"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_zero_fill_aggregation_by_hand(weighted: bool) -> None:
-    strategy = CoCoFLStrategy(parse_run_config(run_config(**{"cocofl.weighted": weighted})))
+def test_zero_fill_aggregation_by_hand(weighted: bool, bn_stats: str) -> None:
+    strategy = CoCoFLStrategy(
+        parse_run_config(run_config(**{"cocofl.weighted": weighted, "cocofl.bn-stats": bn_stats}))
+    )
     model = build_model("cnn_b")
     base = {
         k: np.full(v.shape, 1.0, dtype=v.dtype.type if v.dtype.kind != "f" else np.float32)
@@ -298,8 +301,18 @@ def test_zero_fill_aggregation_by_hand(weighted: bool) -> None:
     assert g["units.0.0.weight"] == pytest.approx(
         np.full_like(base["units.0.0.weight"], 1 + w[0] * 2 / s)
     )
-    # BN running statistics follow the same rule
-    assert g["units.1.1.running_var"] == pytest.approx(1 + w[0] * 2 / s)
+    if bn_stats == "zero-fill":
+        # BN running statistics follow the weights' rule (official code)
+        assert g["units.1.1.running_var"] == pytest.approx(1 + w[0] * 2 / s)
+        assert g["units.4.1.running_mean"] == pytest.approx(1 + (2 * w[0] + 4 * w[1]) / s)
+    else:
+        # mean over the devices that trained the unit: a alone → 3; a and b → their mean
+        assert g["units.1.1.running_var"] == pytest.approx(3.0)
+        assert g["units.4.1.running_mean"] == pytest.approx(
+            1 + (2 * w[0] + 4 * w[1]) / (w[0] + w[1])
+        )
+        # the BN affine weights are parameters: zero-fill as before
+        assert g["units.1.1.weight"] == pytest.approx(1 + w[0] * 2 / s)
     # unit 4: a and b: 1 + (2·w_a + 4·w_b)/S
     assert g["units.4.0.weight"] == pytest.approx(1 + (2 * w[0] + 4 * w[1]) / s)
     # unit 5: all three, one coordinate differs in c
@@ -445,3 +458,30 @@ def test_profile_costs_cli_writes_a_table(tmp_path: Path) -> None:
     )
     doc = json.loads(out.read_text())
     assert doc["meta"]["model"] == "cnn_b" and len(doc["rows"]) == 21
+
+
+def test_real_int8_switch_changes_only_windows_with_a_front() -> None:
+    """``cocofl.real-int8`` reaches the device: a window with units before it (medium, weak)
+    trains on different activations (real int8 kernels vs fake quantisation), so its loss and
+    upload differ; a window starting at unit 0 (strong, full model) has no front and is
+    bit-identical (issue 14 asked whether the switch works at all)."""
+    runs = {}
+    for real in (True, False):
+        _, _, history, replies = run_grid(
+            run_config(num_server_rounds=1, **{"cocofl.real-int8": real})
+        )
+        runs[real] = (history[0]["nodes"], replies)
+    nodes = {n["node-id"]: n for n in runs[True][0]}
+    fronted = 0
+    for node_id, reply in runs[True][1].items():
+        other = runs[False][1][node_id]
+        a = reply.content.array_records["arrays"]
+        b = other.content.array_records["arrays"]
+        same = all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+        start = int(reply.content.metric_records["metrics"]["window-start"])
+        if start == 0:
+            assert same, nodes[node_id]
+        else:
+            fronted += 1
+            assert not same, nodes[node_id]
+    assert fronted >= 2  # the three-tier fleet gives medium/weak devices windows after unit 0

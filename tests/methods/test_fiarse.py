@@ -265,10 +265,38 @@ def test_smallest_device_reply_is_about_one_64th_of_dense(fiarse_run: Any) -> No
 
 
 def test_thresholds_travel_in_config_and_client_mask_matches_server(fiarse_run: Any) -> None:
+    """Every round-1 download, decoded by the client's own code, gives element-wise the mask the
+    server computes for that device's size on the initial global model (a fresh strategy of the
+    same config), and the τ the server computed."""
+    from types import SimpleNamespace
+
+    from fedhet.methods.fiarse.client import receive_submodel
+
     strategy, grid, _, _ = fiarse_run
-    msg = next(m for m in grid.sent_log if m.metadata.message_type == MessageType.TRAIN)
-    tau = json.loads(str(msg.content.config_records["config"][THRESHOLDS_KEY]))
-    assert sorted(tau) == sorted(strategy.maskable)
+    fresh = FiarseStrategy(parse_run_config(run_config()))
+    ctx = SimpleNamespace(run=SimpleNamespace(shared=SimpleNamespace(model="cnn_s")))
+    msgs = [
+        m
+        for m in grid.sent_log
+        if m.metadata.message_type == MessageType.TRAIN
+        and int(m.content.config_records["config"]["server-round"]) == 1
+    ]
+    assert len(msgs) == 4
+    gammas = set()
+    for msg in msgs:
+        tau = json.loads(str(msg.content.config_records["config"][THRESHOLDS_KEY]))
+        assert sorted(tau) == sorted(strategy.maskable)
+        plan = NodePlan.from_json(str(msg.content.config_records["config"]["plan"]))
+        gamma = plan.knobs_as(FiarseKnobs).gamma
+        gammas.add(gamma)
+        server_tau, server_masks = fresh.submodel(gamma)
+        _, _, client_masks, client_tau = receive_submodel(msg, ctx, 10)  # type: ignore[arg-type]
+        assert client_tau == pytest.approx(server_tau)
+        for name in strategy.maskable:
+            assert np.array_equal(client_masks[name], server_masks[name]), (gamma, name)
+        kept = sum(int(client_masks[n].sum()) for n in strategy.maskable)
+        assert kept > 0  # a real submodel, not an empty one
+    assert len(gammas) == 4  # one device per ladder size
 
 
 # --- aggregation ------------------------------------------------------------------------------

@@ -42,7 +42,14 @@ def test_two_rounds(method, tmp_path):
         assert h["bytes-down"] > 0 and h["bytes-up"] > 0
         assert h["num-trained"] >= 1
         assert np.isfinite(h["train-loss"])
-        assert 0.0 <= h["eval-accuracy"] <= 1.0
+        # pooled over the evaluated devices' local tests: Σ correct / Σ samples (not a mean of
+        # per-device accuracies)
+        evaluated = [n for n in h["nodes"] if n.get("eval-examples")]
+        assert evaluated, "no device was evaluated"
+        pooled = sum(n["eval-correct"] for n in evaluated) / sum(
+            n["eval-examples"] for n in evaluated
+        )
+        assert h["eval-accuracy"] == pytest.approx(pooled)
         for node in h["nodes"]:
             assert set(node) >= REQUIRED_NODE_KEYS
         trained = [n for n in h["nodes"] if n["status"] == "trained"]

@@ -83,6 +83,25 @@ def test_fedavg_drop_samples_only_full_budget_devices(tmp_path):
     assert classes == {"strong"}
 
 
+def test_fedavg_drop_trains_min_m_strong_and_evaluates_every_device(tmp_path):
+    """6 devices, three-tier: 2 strong. fraction-train 0.5 → m = 3 for every method, so
+    FedAvg-drop trains min(3, 2) = 2 (a fraction of the strong pool would give 1); evaluation
+    covers all 6 devices, as for FedAvg (every device can run the global model)."""
+    strategy, grid = make("fedavg-drop", tmp_path, num_server_rounds=2, fraction_train=0.5)
+    strategy.start(grid)
+    for record in strategy.history:
+        trained = [n for n in record["nodes"] if n["status"] == "trained"]
+        assert record["num-trained"] == len(trained) == 2
+        assert {n["device-class"] for n in trained} == {"strong"}
+        evaluated = {n["device-id"] for n in record["nodes"] if "eval-examples" in n}
+        assert evaluated == {f"partition-{i}" for i in range(6)}
+    other, grid2 = make("fedavg", tmp_path / "full", num_server_rounds=1, fraction_train=0.5)
+    other.start(grid2)
+    assert other.history[0]["num-trained"] == 3
+    evaluated_full = {n["device-id"] for n in other.history[0]["nodes"] if "eval-examples" in n}
+    assert evaluated_full == evaluated
+
+
 def test_resume_continues_from_checkpoint(tmp_path):
     strategy, grid = make("fedavg", tmp_path, num_server_rounds=1)
     strategy.start(grid)

@@ -15,7 +15,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType
 
 from fedhet.methods import get_method, parse_run_config
-from fedhet.methods.width.client import width_scaler
+from fedhet.methods.width.client import label_mask, width_scaler
 from fedhet.methods.width.plan import WidthKnobs
 from fedhet.methods.width.strategy import WidthStrategy
 from fedhet.models import build_model
@@ -147,3 +147,93 @@ def test_width_scaler_divides_hidden_outputs_in_training_only() -> None:
     assert not torch.allclose(scaled, ref)
     model.eval()
     torch.testing.assert_close(model(x), ref)  # hooks removed
+
+
+def test_width_scaler_hand_computed() -> None:
+    """x = 1 through Linear(w=2, b=1) → ReLU → Linear(w=3, b=0.5): hidden 3, output 9.5 in eval;
+    with the scaler at β = 0.5 in training the hidden output is 3 / 0.5 = 6 → 3·6 + 0.5 = 18.5."""
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.ReLU(), torch.nn.Linear(1, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[0].bias.fill_(1.0)
+        model[2].weight.fill_(3.0)
+        model[2].bias.fill_(0.5)
+    x = torch.ones(1, 1)
+    with width_scaler(model, 0.5, enabled=True):
+        model.train()
+        assert model(x).item() == pytest.approx(18.5)
+        model.eval()
+        assert model(x).item() == pytest.approx(9.5)
+    model.train()
+    assert model(x).item() == pytest.approx(9.5)  # hook removed
+
+
+def test_width_defaults_follow_the_papers() -> None:
+    for method in ("heterofl", "fedrolex"):
+        mcfg = parse_run_config(run_config(method)).method
+        assert mcfg.width_scaler is True and mcfg.label_mask is True  # type: ignore[attr-defined]
+
+
+def test_label_mask_hand_computed() -> None:
+    """Logits (1, 2, 3), classes {0, 2} present, target 0: loss = −log(e¹ / (e¹ + e³)) =
+    log(1 + e²); the absent class's row gets exactly zero gradient; eval logits are unmasked."""
+    head = torch.nn.Linear(1, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0], [2.0], [3.0]]))
+        head.bias.zero_()
+    x = torch.ones(1, 1)
+    with label_mask(head, [0, 2], enabled=True):
+        head.train()
+        logits = head(x)
+        assert logits[0, 1].item() == float("-inf")
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0]))
+        assert loss.item() == pytest.approx(math.log(1 + math.e**2))
+        loss.backward()
+        assert head.weight.grad is not None
+        assert head.weight.grad[1].abs().sum().item() == 0.0
+        assert head.weight.grad[0].abs().sum().item() > 0
+        head.eval()
+        assert head(x)[0].tolist() == pytest.approx([1.0, 2.0, 3.0])
+
+
+def _reply(device_id: str, arrays: dict[str, np.ndarray], classes: Any) -> Any:
+    from types import SimpleNamespace
+
+    from fedhet.server.strategy import Reply
+
+    metrics = {"num-examples": 10, "train-loss": 1.0}
+    if classes is not None:
+        metrics["label-classes"] = classes
+    return Reply(SimpleNamespace(device_id=device_id), arrays, metrics, 10)  # type: ignore[arg-type]
+
+
+def test_label_mask_classifier_rows_averaged_over_class_holders() -> None:
+    """Two full-width devices upload fc2 filled with 1 (classes {0, 1}) and 3 (classes {1, 2}):
+    row 0 → 1, row 1 → (1 + 3) / 2 = 2, row 2 → 3, rows 3–9 keep their values; without the label
+    mask every row would be 2."""
+    from fedhet.core.width import width_indices
+    from fedhet.server.validate import ReplyError
+
+    strategy = get_method("heterofl").strategy_cls(parse_run_config(run_config("heterofl")), None)
+    base = {k: v.copy() for k, v in strategy.global_arrays.items()}
+    full = {k: torch.from_numpy(np.asarray(v)) for k, v in base.items()}
+    idx = width_indices(full, "cnn_s", 1.0)
+    strategy._round_indices = {"a": idx, "b": idx}
+    ups = []
+    for device, fill, classes in (("a", 1.0, [0, 1]), ("b", 3.0, [1, 2])):
+        arrays = {k: v.copy() for k, v in base.items()}
+        arrays["fc2.weight"] = np.full_like(base["fc2.weight"], fill)
+        arrays["fc2.bias"] = np.full_like(base["fc2.bias"], fill)
+        ups.append(_reply(device, arrays, classes))
+    strategy.aggregate(1, ups)
+    w, b = strategy.global_arrays["fc2.weight"], strategy.global_arrays["fc2.bias"]
+    np.testing.assert_allclose(w[0], 1.0)
+    np.testing.assert_allclose(w[1], 2.0)
+    np.testing.assert_allclose(w[2], 3.0)
+    np.testing.assert_array_equal(w[3:], base["fc2.weight"][3:])
+    np.testing.assert_allclose(b[:3], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(b[3:], base["fc2.bias"][3:])
+    np.testing.assert_array_equal(strategy.global_arrays["fc1.weight"], base["fc1.weight"])
+    for bad in (None, [], [0, 10], [1, 1], [0.5]):
+        with pytest.raises(ReplyError, match="label-classes"):
+            strategy.reply_classes(_reply("a", {}, bad).metrics)

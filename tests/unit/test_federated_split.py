@@ -120,3 +120,42 @@ def test_concurrent_writers_leave_one_valid_cache_file(tmp_path: Path) -> None:
     assert [len(list(tmp_path.glob(p))) for p in ("*.npz", "*.tmp")] == [1, 0]
     for a, b in zip(results[:4], results[4:], strict=True):
         assert a.train.y.equal(b.train.y)
+
+
+def test_group_correlated_from_the_run_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``partition='group-correlated'`` parses, and the device's split follows its fleet class:
+    80 % of each home class lies on its home class's devices (METHODS.md §6.6, C2)."""
+    from fedhet.client.runtime import _client_split, fleet_groups
+    from fedhet.config import default_run_config
+    from fedhet.methods import parse_run_config
+
+    cfg = parse_run_config(default_run_config(method="fedavg", partition="group-correlated"))
+    assert cfg.shared.partition == "group-correlated"
+    monkeypatch.setattr(federated, "default_cache_dir", lambda: tmp_path)
+    _client_split.cache_clear()
+    n = 6
+    groups = fleet_groups("three-tier", n)
+    assert groups == ["strong", "strong", "medium", "medium", "weak", "weak"]
+    hists = [
+        class_histogram(
+            _client_split(
+                "digits", pid, n, None, "group-correlated", 0.5, 2, 0, 0, 50, "three-tier"
+            ).train.y.numpy(),
+            10,
+        )
+        for pid in range(n)
+    ]
+    _client_split.cache_clear()
+    total = np.sum(hists, axis=0)
+    homes = {"strong": (0, 1, 2), "medium": (3, 4, 5), "weak": (6, 7, 8, 9)}
+    for group, classes in homes.items():
+        held = np.sum([h for h, g in zip(hists, groups, strict=True) if g == group], axis=0)
+        for c in classes:
+            assert abs(held[c] / total[c] - 0.8) < 0.01, (group, c, held[c], total[c])
+        other = [c for c in range(10) if c not in classes]
+        for c in other:
+            assert abs(held[c] / total[c] - 0.1) < 0.01
+    with pytest.raises(ValueError, match="group-correlated"):
+        federated_split("digits", 3, 0, scheme="group-correlated", cache_dir=tmp_path)

@@ -343,12 +343,38 @@ def test_train_submodel_keeps_outside_at_zero_and_lowers_loss() -> None:
     assert loss_after < 0.5 * loss_before
 
 
-def test_train_submodel_ste_and_empty_input() -> None:
+def _two_by_two() -> nn.Linear:
     model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.2], [0.3, -2.0]]))
+        model.bias.zero_()
+    return model
+
+
+def test_train_submodel_ste_at_positive_tau() -> None:
+    """τ = 0.5 masks 0.2 and 0.3. One SGD step with STE = the plain gradient of the masked model
+    on kept entries (factor 1), masked entries unchanged; the biased surrogate differs (its
+    factor 1 + 2τ|x|/(|x|+τ)² is 1.444 at |x| = 1 and 1.32 at |x| = 2)."""
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    y = torch.tensor([0, 1])
-    state, _ = train_submodel(model, {"weight": 0.0}, [(x, y)], lr=0.1, surrogate="ste")
-    assert set(state) == {"weight", "bias"}
+    y = torch.tensor([1, 0])
+    lr = 0.1
+    w = torch.tensor([[1.0, 0.2], [0.3, -2.0]], requires_grad=True)
+    mask = (w.abs() >= 0.5).float()
+    nn.functional.cross_entropy(x @ (w * mask).T, y).backward()
+    assert w.grad is not None
+    g = w.grad * mask
+    expected = (w - lr * g).detach()
+    ste, _ = train_submodel(_two_by_two(), {"weight": 0.5}, [(x, y)], lr=lr, surrogate="ste")
+    torch.testing.assert_close(ste["weight"], expected)
+    assert ste["weight"][0, 1] == 0.2 and ste["weight"][1, 0] == pytest.approx(0.3)
+    biased, _ = train_submodel(_two_by_two(), {"weight": 0.5}, [(x, y)], lr=lr)
+    factor = torch.tensor([[1 + 1 / 2.25, 0.0], [0.0, 1 + 2 / 6.25]])
+    torch.testing.assert_close(biased["weight"], (w - lr * w.grad * factor).detach())
+    assert not torch.allclose(biased["weight"], ste["weight"])
+
+
+def test_train_submodel_empty_input() -> None:
+    model = _two_by_two()
     with pytest.raises(ValueError, match="no batches"):
         train_submodel(model, {"weight": 0.0}, [], lr=0.1)
     assert not parametrize.is_parametrized(model)

@@ -198,7 +198,9 @@ def test_local_test_redistributes_when_a_class_is_short() -> None:
 
 @pytest.mark.parametrize("scheme", PARTITIONERS)
 def test_partition_dispatch_matches_direct_call(labels: np.ndarray, scheme: str) -> None:
-    parts = partition(labels, 5, scheme, alpha=0.5, k=2, seed=2)
+    groups = ["strong", "strong", "medium", "weak", "weak"]
+    extra = {"groups": groups} if scheme == "group-correlated" else {}
+    parts = partition(labels, 5, scheme, alpha=0.5, k=2, seed=2, **extra)  # type: ignore[arg-type]
     assert len(parts) == 5
     _check_disjoint_sorted(parts, len(labels))
     direct = {
@@ -207,6 +209,10 @@ def test_partition_dispatch_matches_direct_call(labels: np.ndarray, scheme: str)
         "balanced-dirichlet": lambda: balanced_dirichlet(labels, 5, 0.5, 400, 2),
         "dirichlet-shards": lambda: dirichlet_shards(labels, 5, 0.5, 2),
         "pathological": lambda: pathological(labels, 5, 2, 2),
+        # names sorted: medium 0, strong 1, weak 2; homes as METHODS.md §6.6
+        "group-correlated": lambda: group_correlated(
+            labels, [1, 1, 0, 2, 2], {1: [0, 1, 2], 0: [3, 4, 5], 2: [6, 7, 8, 9]}, 0.8, 2
+        ),
     }[scheme]()
     assert all(np.array_equal(a, b) for a, b in zip(parts, direct, strict=True))
 

@@ -80,6 +80,13 @@ class CoCoFLConfig(KebabModel):
     weighted : bool
         Weight the zero-fill mean by sample counts instead of 1 per device (default False:
         w_l ← w_l + (1/|S|)·Σ_{i∈S_l}(w_{l,i} − w_l), METHODS.md §6.2).
+    bn_stats : {"zero-fill", "holders"}
+        How BN running statistics are aggregated. ``zero-fill`` (default): like the weights
+        (METHODS.md §6.2 "BN statistics alike", the official code); ``holders``: the mean over
+        the devices that trained the unit, unchanged when nobody did. Neither matches the
+        statistics of the zero-filled global weights (a model nobody trained); issue 14's probe
+        measured both at chance after round 1 (10.0 % and 10.3 %) where the same weights with
+        recalibrated statistics reach 27.1 % (benchmarks/results/cocofl.md).
     real_int8 : bool
         Real int8 kernels (``torch.ao.nn.quantized``) for the units before the window (default
         True); False fakes int8 everywhere (for comparison).
@@ -102,6 +109,9 @@ class CoCoFLConfig(KebabModel):
     choice: Literal["random", "round-robin"] = Field("random", description="Window choice.")
     force_window: str = Field("", description="'a,b' forces a window on every device.")
     weighted: bool = Field(False, description="Sample-weighted zero-fill mean.")
+    bn_stats: Literal["zero-fill", "holders"] = Field(
+        "zero-fill", description="BN running statistics: zero-fill, or mean over trainers."
+    )
     real_int8: bool = Field(True, description="Real int8 kernels before the window.")
     quant_backward: bool = Field(True, description="Int8 input gradients after the window.")
     weight_scale_factor: float = Field(1.0, gt=0, description="Weight quantisation factor c.")

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedhet.config import RunConfig
-from fedhet.core.aggregate import Contribution
+from fedhet.core.aggregate import Contribution, masked_mean
 from fedhet.core.codec import decode_payload, payload_bytes
 from fedhet.core.costs import WindowCost
 from fedhet.core.quant import window_state_keys
@@ -42,6 +42,9 @@ from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
 from fedhet.server.strategy import FedhetStrategy, Node, Reply
 from fedhet.server.validate import ReplyError, spec_of, validate_arrays
+
+#: Suffixes of BatchNorm running statistics (aggregated per ``cocofl.bn-stats``).
+BN_STATS: tuple[str, ...] = (".running_mean", ".running_var")
 
 log = logging.getLogger("fedhet")
 
@@ -186,7 +189,10 @@ class CoCoFLStrategy(FedhetStrategy):
 
         w_l ← w_l + Σ_{i∈S_l} ω_i (w_{l,i} − w_l) / Σ_{i∈S} ω_i with ω_i = 1 (``cocofl.weighted``:
         ω_i = n_i); S are all valid replies of the round, S_l those whose window holds tensor l.
-        BN running statistics follow the same rule; ``num_batches_tracked`` keeps its value.
+        BN running statistics: ``cocofl.bn-stats=zero-fill`` (default) applies the weights' rule
+        (METHODS.md §6.2, the official code); ``holders`` averages them over the devices whose
+        window held them (B2 ``holders``, unchanged when nobody trained the unit).
+        ``num_batches_tracked`` keeps its value.
         """
         contribs: list[Contribution] = []
         trainers = [0] * self.num_units
@@ -200,7 +206,12 @@ class CoCoFLStrategy(FedhetStrategy):
         if not contribs or sum(c.weight for c in contribs) <= 0:
             return
         self.current.extras["cocofl-unit-trainers"] = trainers
-        self.global_arrays = self.combine(contribs, self.global_arrays, mode="zero-fill")
+        base = self.global_arrays
+        out = self.combine(contribs, base, mode="zero-fill")
+        if self.ccfg.bn_stats == "holders" and self.shared.aggregation == "mean":
+            stats = {k: v for k, v in base.items() if k.endswith(BN_STATS)}
+            out.update(masked_mean(contribs, stats, mode="holders"))
+        self.global_arrays = out
 
     def summary(self) -> None:
         super().summary()

@@ -18,9 +18,17 @@ class FedAvgStrategy(FedhetStrategy):
 
 
 class FedAvgDropStrategy(FedAvgStrategy):
-    """FedAvg restricted to devices that can afford full training (METHODS.md §2, CoCoFL baseline)."""
+    """FedAvg restricted to devices that can afford full training (METHODS.md §2, CoCoFL baseline).
+
+    Each round min(m, |full-budget pool|) devices train, m being the sample size every other
+    method draws from the whole fleet. Evaluation covers the same devices as any other method's:
+    every device can run the global model, whatever its training budget.
+    """
 
     name: ClassVar[str] = "fedavg-drop"
+    #: m = ⌊fraction-train · available devices⌋ as for every other method; min(m, |strong pool|)
+    #: train (CoCoFL's code and METHODS.md §6.2), so the baseline is not starved of devices.
+    sample_size_of_all: ClassVar[bool] = True
 
     def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, FedAvgKnobs, str]:
         """Participate only with a full budget (T = M = D_min = 1)."""

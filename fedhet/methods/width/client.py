@@ -2,7 +2,10 @@
 
 The slice loads into ``build_model(model, width=β)`` (METHODS.md B12); local training is plain SGD
 with a fresh optimiser. With ``width-scaler`` the hidden layers' outputs are divided by β during
-training (HeteroFL's scaler module, Diao et al., ICLR 2021, §3).
+training (HeteroFL's scaler module, Diao et al., ICLR 2021, §3). With ``label-mask`` the logits of
+classes absent from the device's training labels are −∞ during training and the reply reports
+the classes present (``label-classes``), so the server averages each classifier row over the
+devices holding its class (HeteroFL's label split, kept by FedRolex).
 """
 
 from __future__ import annotations
@@ -58,6 +61,30 @@ def width_scaler(model: nn.Module, beta: float, enabled: bool) -> Iterator[None]
             h.remove()
 
 
+@contextmanager
+def label_mask(model: nn.Module, classes: list[int], enabled: bool) -> Iterator[None]:
+    """Set the classifier's logits of classes not in ``classes`` to −∞ in training mode.
+
+    The classifier is the model's last ``nn.Linear``. Absent classes then get probability 0 and
+    their classifier rows exactly zero gradient (HeteroFL's label split, Diao et al., ICLR 2021).
+    """
+    handle = None
+    if enabled:
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        absent = torch.ones(head.out_features, dtype=torch.bool)
+        absent[torch.as_tensor(classes, dtype=torch.long)] = False
+
+        def hook(mod: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+            return out.masked_fill(absent, float("-inf")) if mod.training else out
+
+        handle = head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def train(msg: Message, ctx: ClientContext) -> RecordDict:
     """Local SGD on the slice; upload the trained slice (dense; the server keeps the indices)."""
     shared = ctx.run.shared
@@ -67,9 +94,15 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     _, knobs = plan_of(msg, WidthKnobs)
     model = _slice_model(msg, ctx, split.train.num_classes)
     batches = ctx.local_batches(split.train, server_round)
-    with width_scaler(model, knobs.beta, wcfg.width_scaler):
-        metrics = train_sgd(model, batches, lr=shared.lr)
-    metrics["num-examples"] = len(split.train)
+    classes = sorted(int(c) for c in torch.unique(split.train.y))
+    with (
+        width_scaler(model, knobs.beta, wcfg.width_scaler),
+        label_mask(model, classes, wcfg.label_mask),
+    ):
+        trained = train_sgd(model, batches, lr=shared.lr)
+    metrics: dict[str, Any] = {**trained, "num-examples": len(split.train)}
+    if wcfg.label_mask:
+        metrics["label-classes"] = classes
     return reply_content(state_to_numpy(model.state_dict()), metrics)
 
 

@@ -32,12 +32,21 @@ class WidthConfig(SizeLadderConfig):
     server_lr : float
         Global step η_g of the holder mean (1.0).
     width_scaler : bool
-        HeteroFL's scaler: hidden activations divided by β during training (off, our choice).
+        HeteroFL's scaler (§3): hidden activations divided by β during training, identity at
+        evaluation (default on, as in HeteroFL's and FedRolex's code).
+    label_mask : bool
+        HeteroFL's label split (default on, as both papers' code on non-IID data): during
+        training the logits of classes absent from the device's training labels are masked
+        (−∞), the device reports its classes (``label-classes``) and the server averages each
+        classifier row over the devices holding that class.
     eval_every : int
         Evaluate every n rounds and at the last round (default 1).
     """
 
-    width_scaler: bool = Field(False, description="Divide hidden activations by β in training.")
+    width_scaler: bool = Field(True, description="Divide hidden activations by β in training.")
+    label_mask: bool = Field(
+        True, description="Mask absent classes' logits; classifier rows over class holders."
+    )
 
 
 class HeteroFLConfig(WidthConfig):

@@ -21,7 +21,14 @@ from flwr.serverapp import Grid
 
 from fedhet.config import ConfigError, RunConfig
 from fedhet.core.aggregate import Contribution
-from fedhet.core.width import WIDTH_MODELS, extract_submodel, scatter_submodel, width_indices
+from fedhet.core.width import (
+    WIDTH_MODELS,
+    classifier_keys,
+    extract_submodel,
+    restrict_to_classes,
+    scatter_submodel,
+    width_indices,
+)
 from fedhet.methods.width.config import WidthConfig
 from fedhet.methods.width.plan import WidthKnobs
 from fedhet.plan import Budget
@@ -113,16 +120,44 @@ class WidthStrategy(SizedStrategy):
             raise ReplyError("no slice was sent to this device this round")
         return spec
 
+    def validate_reply(
+        self, node: Node, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]
+    ) -> None:
+        """The slice's names, shapes and dtypes; with ``label-mask`` also ``label-classes``: a
+        non-empty list of distinct class indices of the classifier."""
+        super().validate_reply(node, server_round, arrays, metrics)
+        if self.wcfg.label_mask:
+            self.reply_classes(metrics)
+
+    def reply_classes(self, metrics: dict[str, Any]) -> list[int]:
+        """The ``label-classes`` a reply reports, checked (raises :class:`ReplyError`)."""
+        num_classes = int(self.global_arrays[classifier_keys(self.shared.model)[0]].shape[0])
+        raw = metrics.get("label-classes")
+        if not isinstance(raw, list) or not raw:
+            raise ReplyError("label-mask is on but the reply has no 'label-classes' list")
+        classes = [int(c) for c in raw]
+        if any(c != v for c, v in zip(classes, raw, strict=True)) or len(set(classes)) != len(
+            classes
+        ):
+            raise ReplyError(f"'label-classes' must be distinct integers, got {raw!r}")
+        if min(classes) < 0 or max(classes) >= num_classes:
+            raise ReplyError(f"'label-classes' outside [0, {num_classes}): {raw!r}")
+        return classes
+
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
         """B2 ``holders``, unweighted, η_g = ``server-lr``: each coordinate averaged over the
-        devices whose slice held it (HeteroFL §3, FedRolex §3); unheld coordinates unchanged."""
+        devices whose slice held it (HeteroFL §3, FedRolex §3); unheld coordinates unchanged.
+        With ``label-mask`` a device holds only the classifier rows of its ``label-classes``."""
         base = self.global_arrays
         full = self._global_torch()
+        head = classifier_keys(self.shared.model)
         contribs: list[Contribution] = []
         for reply in replies:
             idx = self._round_indices[reply.node.device_id]
             sub = {k: torch.from_numpy(np.asarray(v)) for k, v in reply.arrays.items()}
             values, held = scatter_submodel(sub, idx, full)
+            if self.wcfg.label_mask:
+                held = restrict_to_classes(held, head, self.reply_classes(reply.metrics))
             tensors: dict[str, np.ndarray] = {}
             masks: dict[str, np.ndarray | bool] = {}
             for name, val in values.items():

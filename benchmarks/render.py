@@ -1,0 +1,232 @@
+"""Regenerate every results table and the README's "results at a glance" from the JSON files.
+
+``python -m benchmarks.render`` rewrites ``benchmarks/results/{cocofl,fiarse,fltac}-<tier>.md``
+(each benchmark's ``render_json`` of its ``<bench>-<tier>.json``), ``cocofl.md`` (the tiers
+combined), every block between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in the
+hand-written analyses (``fiarse.md``, ``fltac.md``) and the README block between
+``<!-- results-at-a-glance -->`` and ``<!-- /results-at-a-glance -->``. ``--check`` writes nothing
+and exits 1 when a file differs from what the JSON gives (``tests/unit/test_results_render.py``
+runs the same check). Verdicts come from :func:`benchmarks.common.claim_verdict`, never typed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import cocofl, fiarse, fltac
+from benchmarks.common import RESULTS, claim_verdict, mean_std
+
+ROOT = RESULTS.parent.parent
+README = ROOT / "README.md"
+TIERS: tuple[str, ...] = ("reference", "quick")
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "cocofl": cocofl.render_json,
+    "fiarse": fiarse.render_json,
+    "fltac": fltac.render_json,
+}
+GLANCE_BEGIN, GLANCE_END = "<!-- results-at-a-glance -->", "<!-- /results-at-a-glance -->"
+
+
+def _load(results: Path, bench: str, tier: str) -> dict[str, Any] | None:
+    path = results / f"{bench}-{tier}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _best_tier(results: Path, bench: str) -> tuple[str, dict[str, Any]] | None:
+    """The reference tier's data if it was run, else the quick tier's."""
+    for tier in TIERS:
+        data = _load(results, bench, tier)
+        if data is not None:
+            return tier, data
+    return None
+
+
+def _seeds_text(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def glance_rows(results: Path) -> list[list[str]]:
+    """``[claim, what we measured, verdict]`` rows, all numbers and verdicts from the JSON."""
+    rows: list[list[str]] = []
+    found = _best_tier(results, "cocofl")
+    if found:
+        tier, data = found
+        runs = cocofl._by_method(data["rows"], int(data["settings"].get("seed", 0)))
+        acc = {m: mean_std([r["accuracy"] for r in v.values()])[0] for m, v in runs.items()}
+        coco, drop = runs.get("CoCoFL", {}), runs.get("FedAvg-drop", {})
+        seeds = sorted(set(coco) & set(drop))
+        verdict = (
+            claim_verdict([coco[t]["accuracy"] - drop[t]["accuracy"] for t in seeds])[0]
+            if seeds
+            else "not run"
+        )
+        rows.append(
+            [
+                "CoCoFL above FedAvg-drop (§6.6 a)",
+                f"{tier} tier, {data['settings']['num-server-rounds']} rounds, "
+                f"{_seeds_text(len(seeds))}: CoCoFL {_pct(acc.get('CoCoFL'))} %, FedAvg-full "
+                f"{_pct(acc.get('FedAvg-full'))} %, FedAvg-drop {_pct(acc.get('FedAvg-drop'))} %"
+                + ("" if "fedavg-drop" in data else " (FedAvg-drop: 3 strong/round, old sampler)"),
+                verdict,
+            ]
+        )
+    found = _best_tier(results, "fiarse")
+    if found:
+        tier, data = found
+        n = len({int(r.get("seed", 0)) for r in data["rows"]})
+        for claim, verdict, text in fiarse.claims(
+            data["rows"], int(data["settings"].get("seed", 0))
+        ):
+            tag, rest = claim.split(" ", 1)
+            rows.append(
+                [
+                    f"{rest} (§7.6 {tag.strip('()')})",
+                    f"{tier} tier, {data['settings']['num_server_rounds']} rounds, "
+                    f"{_seeds_text(n)}: {text}",
+                    verdict,
+                ]
+            )
+    found = _best_tier(results, "fltac")
+    if found:
+        tier, data = found
+        seed_runs = data.get("seed-runs") or {
+            str(data.get("seed", 0)): fltac.seed_summary(data["histories"])
+        }
+        tac, fit = "FL-TAC (r=1)", "FedIT (r=16)"
+        seeds = [t for t in seed_runs if tac in seed_runs[t] and fit in seed_runs[t]]
+        margins = [
+            (seed_runs[t][tac]["mean-task-accuracy"] or 0)
+            - (seed_runs[t][fit]["mean-task-accuracy"] or 0)
+            for t in seeds
+        ]
+        verdict, text = claim_verdict(margins) if margins else ("not run", "")
+        up_tac, up_fit = data["checks"]["upload"]
+        purity = data["checks"]["purity"]
+        rows.append(
+            [
+                "FL-TAC mean per-task accuracy ≥ FedIT (§4.6 a)",
+                f"{tier} tier, {data['settings']['num_server_rounds']} rounds: {text}",
+                verdict,
+            ]
+        )
+        rows.append(
+            [
+                "FL-TAC uploads fewer parameters than FedIT r=16 (§4.6 b)",
+                f"{up_tac:,} vs {up_fit:,} per round ({up_fit / max(up_tac, 1):.1f}× fewer)",
+                "holds" if up_tac < up_fit else "fails",
+            ]
+        )
+        ok = len(purity) >= 3 and all(p is not None and p >= 0.9 for p in purity[2:])
+        rows.append(
+            [
+                "cluster purity ≥ 0.9 from round 3 (§4.6 c)",
+                f"purity per round {purity}",
+                "holds" if ok else "fails",
+            ]
+        )
+    return rows
+
+
+def glance_block(results: Path) -> str:
+    """The README's generated block (between the markers, exclusive)."""
+    from benchmarks.common import markdown_table
+
+    table = markdown_table(["claim (paper)", "what we measured", "verdict"], glance_rows(results))
+    return (
+        "\nGenerated by `python -m benchmarks.render` from `benchmarks/results/*.json` (reference "
+        "tier where it was run, else the quick tier). Verdicts: `benchmarks.common.claim_verdict` "
+        '("holds" only when the mean paired margin exceeds twice its std over seeds; one seed '
+        "is undecided). The result files give settings, commands, load and every number.\n\n"
+        + table
+        + "\n"
+    )
+
+
+def replace_block(text: str, begin: str, end: str, body: str) -> str:
+    """``text`` with what lies between ``begin`` and ``end`` replaced by ``body``."""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"markers {begin!r} … {end!r} not found")
+    return pattern.sub(lambda _: begin + body + end, text, count=1)
+
+
+def _generated_blocks(results: Path) -> dict[str, str]:
+    """Bodies of the ``<!-- generated:NAME -->`` blocks the analyses may contain."""
+    blocks: dict[str, str] = {}
+    for bench in RENDERERS:
+        for tier in TIERS:
+            data = _load(results, bench, tier)
+            if data is not None:
+                blocks[f"{bench}-{tier}"] = (
+                    "\n" + RENDERERS[bench](data).split("\n", 1)[1].strip() + "\n"
+                )
+    return blocks
+
+
+def render_all(results: Path = RESULTS, readme: Path = README) -> dict[Path, str]:
+    """Every generated file's expected content, from the JSON files under ``results``."""
+    out: dict[Path, str] = {}
+    for bench, render in RENDERERS.items():
+        for tier in TIERS:
+            data = _load(results, bench, tier)
+            if data is not None:
+                out[results / f"{bench}-{tier}.md"] = render(data)
+    parts = [out[p] for t in TIERS if (p := results / f"cocofl-{t}.md") in out]
+    if parts and (results / cocofl.NOTES).is_file():
+        parts.append((results / cocofl.NOTES).read_text())
+    if parts:
+        out[results / "cocofl.md"] = "\n\n".join(parts)
+    blocks = _generated_blocks(results)
+    for name in ("fiarse.md", "fltac.md"):
+        path = results / name
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        for key, body in blocks.items():
+            begin, end = f"<!-- generated:{key} -->", f"<!-- /generated:{key} -->"
+            if begin in text:
+                text = replace_block(text, begin, end, body)
+        out[path] = text
+    if readme.is_file():
+        out[readme] = replace_block(
+            readme.read_text(), GLANCE_BEGIN, GLANCE_END, glance_block(results)
+        )
+    return out
+
+
+def stale(results: Path = RESULTS, readme: Path = README) -> list[Path]:
+    """Files whose content differs from what their JSON gives."""
+    return [
+        p
+        for p, text in render_all(results, readme).items()
+        if not p.is_file() or p.read_text() != text
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
+    args = parser.parse_args(argv)
+    if args.check:
+        bad = stale()
+        for path in bad:
+            print(f"stale: {path.relative_to(ROOT)}")
+        sys.exit(1 if bad else 0)
+    for path, text in render_all().items():
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

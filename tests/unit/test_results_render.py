@@ -1,0 +1,45 @@
+"""Published results agree with their JSON; claim verdicts are computed (benchmarks.render)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks import render
+from benchmarks.common import FAILS, HOLDS, ONE_SEED, WITHIN_NOISE, claim_verdict, mean_std
+
+
+def test_published_results_and_readme_match_the_json() -> None:
+    stale = render.stale()
+    assert not stale, f"run `python -m benchmarks.render`: {[str(p) for p in stale]}"
+
+
+def test_verdicts_by_hand() -> None:
+    # margins 5, 6, 7 points: mean 6, std 1 → 6 > 2·1
+    assert claim_verdict([0.05, 0.06, 0.07])[0] == HOLDS
+    # mean 1, std 2 → |1| < 4
+    assert claim_verdict([0.01, 0.03, -0.01])[0] == WITHIN_NOISE
+    assert claim_verdict([-0.05, -0.06, -0.07])[0] == FAILS
+    assert claim_verdict([0.10])[0] == ONE_SEED
+    # "ahead by ≥ 3 points": margins 5, 6, 7 minus 3 → 3 > 2·1 holds; minus 5 → 1 < 2 noise
+    assert claim_verdict([0.05, 0.06, 0.07], 0.03)[0] == HOLDS
+    assert claim_verdict([0.05, 0.06, 0.07], 0.05)[0] == WITHIN_NOISE
+    mean, std = mean_std([0.05, 0.06, 0.07])
+    assert mean == pytest.approx(0.06) and std == pytest.approx(0.01)
+
+
+def test_a_changed_number_makes_readme_and_table_stale(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(render.RESULTS, results, ignore=shutil.ignore_patterns("raw", "*.png"))
+    readme = tmp_path / "README.md"
+    shutil.copy(render.README, readme)
+    assert render.stale(results, readme) == []
+    path = results / "cocofl-reference.json"
+    data = json.loads(path.read_text())
+    data["rows"][0]["accuracy"] -= 0.05
+    path.write_text(json.dumps(data))
+    stale = set(render.stale(results, readme))
+    assert {readme, results / "cocofl-reference.md", results / "cocofl.md"} <= stale

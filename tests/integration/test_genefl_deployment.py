@@ -15,6 +15,7 @@ same round trains it in its cluster. Its personal model lives in the SuperNode's
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,10 @@ def _wait_for_lines(fleet: LocalFleet, run_id: int, path: Path, count: int, time
         if len(_json_lines(path)) >= count:
             return
         if time.monotonic() > next_status:
-            status = fleet.run_status(run_id)
+            try:
+                status = fleet.run_status(run_id)
+            except subprocess.TimeoutExpired:  # `flwr ls` on a loaded host: poll again later
+                status = "unknown"
             if status.startswith("finished"):
                 pytest.fail(f"run {status} before {count} rounds were logged")
             next_status = time.monotonic() + 20.0
@@ -52,7 +56,7 @@ def _wait_for_lines(fleet: LocalFleet, run_id: int, path: Path, count: int, time
     pytest.fail(f"fewer than {count} rounds in {path} after {timeout:.0f} s")
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_supernode_joining_after_clustering_takes_the_newcomer_path(
     fleet: LocalFleet, tmp_path: Path
 ) -> None:
@@ -66,9 +70,9 @@ def test_supernode_joining_after_clustering_takes_the_newcomer_path(
         f"output-dir='{tmp_path}' run-name='{RUN_NAME}'"
     )
     run_id = fleet.submit_run(REPO, config)
-    _wait_for_lines(fleet, run_id, metrics, 2, 300.0)  # warm-up and clustering done
+    _wait_for_lines(fleet, run_id, metrics, 2, 600.0)  # warm-up and clustering done
     joined = fleet.add_node()
-    _wait_for_lines(fleet, run_id, metrics, ROUNDS, 500.0)
+    _wait_for_lines(fleet, run_id, metrics, ROUNDS, 900.0)
     assert fleet.wait_for_run(run_id, timeout=60.0) == "finished:completed"
 
     rows = _json_lines(metrics)

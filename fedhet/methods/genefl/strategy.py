@@ -44,7 +44,7 @@ from fedhet.methods.genefl.config import GeneflConfig
 from fedhet.methods.genefl.plan import GeneflKnobs, scaled_steps
 from fedhet.plan import Budget, Knobs
 from fedhet.profile import DeviceProfile
-from fedhet.server.strategy import FedhetStrategy, Node, Reply, record_bytes, to_numpy_dict
+from fedhet.server.strategy import FedhetStrategy, Node, Reply, to_numpy_dict
 from fedhet.server.validate import ArraySpec, ReplyError, spec_of, validate_arrays
 
 log = logging.getLogger("fedhet.genefl")
@@ -352,9 +352,8 @@ class GeneflStrategy(FedhetStrategy):
             if reply.has_error():
                 self.current.drop(node_id, node.device_id, stage, str(reply.error.reason))
                 continue
-            _, total = record_bytes(reply.content)
+            total = self.current.count(node, reply.content, "up")
             entry = self.current.node(node)
-            entry["bytes-up"] += total
             entry[NEWCOMER_UP] = entry.get(NEWCOMER_UP, 0) + total
             self.totals["bytes-up"] += total
             out[node_id] = reply

@@ -21,6 +21,7 @@ from fedhet.config import ConfigError
 from fedhet.core.seeding import rng
 from fedhet.plan import NodePlan
 from fedhet.profile import DeviceProfile, parse_profile
+from fedhet.server.messaging import send_and_receive
 from fedhet.server.run_dir import RunDir
 
 log = logging.getLogger("fedhet")
@@ -134,8 +135,8 @@ def query_profiles(
         Message(RecordDict({"config": query}), dst_node_id=n, message_type=QUERY_PROFILE)
         for n in unseen
     ]
-    replies = list(grid.send_and_receive(msgs, timeout=timeout))
-    sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+    exchange = send_and_receive(grid, msgs, timeout)
+    replies, sent = exchange.replies, exchange.dst
     new: list[Node] = []
     for reply in replies:
         node_id = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)

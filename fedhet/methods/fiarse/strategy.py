@@ -58,6 +58,8 @@ class FiarseStrategy(SizedStrategy):
     """
 
     name: ClassVar[str] = "fiarse"
+    #: Train and evaluate messages carry the same own-size top-γ submodel (``_payload``).
+    fused_evaluation: ClassVar[bool] = True
     knobs_model = FiarseKnobs
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:

@@ -14,6 +14,7 @@ evaluation of the final model.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,16 @@ from fedhet.deploy.local import LocalFleet
 from fedhet.methods import METHODS, get_method
 from tests.methods.helpers import TEST_OVERRIDES
 
-pytestmark = [pytest.mark.deployment, pytest.mark.integration, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.deployment,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("FEDHET_DEPLOY_ALL_METHODS") != "1",
+        reason="opt-in (FEDHET_DEPLOY_ALL_METHODS=1): its wall time on 2 shared cores is not "
+        "measured yet, so it stays out of the < 30 min suite until it is",
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 #: Per-run upper bound (FAB install on first use, registration, 2 rounds, final evaluation).

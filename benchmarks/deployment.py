@@ -367,6 +367,14 @@ def report(data: dict[str, Any]) -> str:
                 + [["measured steady round (wall)", dep["steady-round-s"]]],
             ),
             "",
+            f"A ClientApp process here took {ph.get('ClientApp start (imports, FAB)', 0.0):.1f} s "
+            f"from creation to fedhet's handler, against {cold['import-s']:.1f} s for fedhet's "
+            "own import measured alone: the rest is Flower's `flwr-clientapp` path (its own "
+            "imports, pulling the task, installing the FAB for every message, loading the app) "
+            f"times {nodes} processes starting at once on the shared cores; the reply row is the "
+            "process pushing its reply to the SuperNode and the SuperNode to the SuperLink "
+            "through the front door (the strategy itself polls every ≤ 0.2 s).",
+            "",
             "The first two rows are what a fresh `flwr-clientapp` process per message costs "
             "(Flower 1.41 keeps none warm): the SuperNode's idle pull (3 s interval in Flower "
             "1.41) and the SuperExec poll (0.2 s here) before the process exists, then the "

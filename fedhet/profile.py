@@ -63,6 +63,8 @@ class NodeSettings(KebabModel):
     arch: str | None = None
     data_path: str | None = None
     cache_dir: str | None = None
+    threads: int | None = Field(None, ge=1, le=4096, description="torch/OpenMP threads.")
+    supernodes_per_host: int = Field(1, ge=1, le=4096, description="SuperNodes on this host.")
 
     @model_validator(mode="after")
     def _check(self) -> NodeSettings:

@@ -256,3 +256,54 @@ def infeasible_reply(reason: str) -> RecordDict:
             ),
         }
     )
+
+
+# threads and timestamps -------------------------------------------------------------------------
+def thread_count(node: NodeSettings, simulated: bool) -> int:
+    """torch/OpenMP threads of a ClientApp (issue 13, "Threads").
+
+    ``threads`` from the node config when set; a simulated node gets 1 (many share one host);
+    otherwise the cores this process really has (CPU affinity and cgroup quota,
+    :func:`fedhet.profile.measure_cores`) divided by the SuperNodes sharing the host
+    (``supernodes-per-host``), at least 1.
+    """
+    if node.threads:
+        return node.threads
+    if simulated:
+        return 1
+    from fedhet.profile import measure_cores
+
+    return max(1, int(measure_cores()) // node.supernodes_per_host)
+
+
+def configure_threads(node: NodeSettings, simulated: bool) -> int:
+    """Apply :func:`thread_count` to torch and to the OpenMP/MKL environment; return it."""
+    import os
+
+    n = thread_count(node, simulated)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def process_started_at() -> float | None:
+    """Epoch seconds when this process was created (Linux ``/proc``), else ``None``.
+
+    Lets the deployment benchmark split a deployed call into waiting for the process, starting
+    it (imports, FAB) and running the handler.
+    """
+    try:
+        import os
+
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

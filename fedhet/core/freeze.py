@@ -27,6 +27,7 @@ from fedhet.core.quant import (
     module_tensor_bytes,
     trained_state,
 )
+from fedhet.core.sgd import SGD, StepOptimizer
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class _SavedTensorBytes:
 
 def training_step(
     wmodel: WindowedModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: StepOptimizer,
     x: Tensor,
     y: Tensor,
     *,
@@ -67,7 +68,7 @@ def training_step(
     ----------
     wmodel : WindowedModel
         Model built by :func:`~fedhet.core.quant.build_windowed_model`, in train mode.
-    optimizer : torch.optim.Optimizer
+    optimizer : StepOptimizer
         Optimiser over the window's parameters.
     x, y : Tensor
         Input batch and integer class labels.
@@ -135,7 +136,7 @@ def train_window(
     """
     start = time.perf_counter()
     wmodel: WindowedModel | None = None
-    optimizer: torch.optim.Optimizer | None = None
+    optimizer: StepOptimizer | None = None
     losses: list[float] = []
     peak = 0
     for x, y in batches:
@@ -148,7 +149,7 @@ def train_window(
                 quant_backward=quant_backward,
                 weight_scale_factor=weight_scale_factor,
             )
-            optimizer = torch.optim.SGD(
+            optimizer = SGD(
                 [p for p in wmodel.parameters() if p.requires_grad],
                 lr=lr,
                 momentum=0.0,

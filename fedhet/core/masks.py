@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from fedhet.core.sgd import SGD
+
 logger = logging.getLogger(__name__)
 
 SURROGATES: tuple[str, ...] = ("biased", "ste")
@@ -377,7 +379,7 @@ def train_submodel(
     n_samples = 0
     try:
         model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
+        optimizer = SGD(model.parameters(), lr=lr)  # no torch.optim: see fedhet.core.sgd
         for inputs, labels in batches:
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(inputs), labels)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedhet.core.sgd import SGD
+
 
 def train_sgd(
     model: nn.Module,
@@ -28,7 +30,7 @@ def train_sgd(
     Returns ``{"train-loss": mean loss over steps, "train-seconds": wall time, "train-steps": n}``.
     """
     model.train()
-    opt = torch.optim.SGD(
+    opt = SGD(
         list(params) if params is not None else model.parameters(),
         lr=lr,
         momentum=momentum,

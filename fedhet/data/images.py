@@ -197,8 +197,52 @@ def _load_fmnist(folder: str) -> tuple[TensorData, TensorData]:
     return splits[0], splits[1]
 
 
+#: Version of the processed-digits cache file (bump when the processing changes).
+_DIGITS_CACHE = "digits-v1.npz"
+
+
+def _digits_cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fedhet" / "datasets" / _DIGITS_CACHE
+
+
 @functools.lru_cache(maxsize=1)
 def _load_digits() -> tuple[TensorData, TensorData]:
+    """Digits, 28×28 and normalised; read from a small cache so scikit-learn (≈ 1 s of imports
+    in every fresh ClientApp process) is needed only the first time on a host (issue 13)."""
+    path = _digits_cache_path()
+    try:
+        with np.load(path) as cached:
+            train, test = (
+                TensorData(
+                    x=torch.from_numpy(cached[f"{split}_x"]),
+                    y=torch.from_numpy(cached[f"{split}_y"]),
+                    num_classes=10,
+                    name=f"digits/{split}",
+                )
+                for split in ("train", "test")
+            )
+        return train, test
+    except (OSError, KeyError, ValueError):
+        pass
+    splits = _build_digits()
+    try:
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as fh:
+            arrays: dict[str, Any] = {}
+            for part in splits:
+                split = part.name.split("/")[1]
+                arrays[f"{split}_x"], arrays[f"{split}_y"] = part.x.numpy(), part.y.numpy()
+            np.savez(fh, **arrays)
+        os.replace(fh.name, path)
+    except OSError as exc:  # a read-only home only costs the imports next time
+        log.debug("digits cache not written: %s", exc)
+    return splits
+
+
+def _build_digits() -> tuple[TensorData, TensorData]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

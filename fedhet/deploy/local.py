@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shlex
 import signal
 import subprocess
@@ -43,6 +42,7 @@ from fedhet.deploy.processes import (
     wait_port_closed,
     wait_until,
 )
+from fedhet.profile import measure_cores
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +321,9 @@ class LocalFleet(FleetState):
         else:
             runtime_port = find_free_port("127.0.0.1")
         sharing = max(1, self.num_partitions, index + 1)
-        threads = max(1, (os.cpu_count() or 1) // sharing)
+        threads = max(1, int(measure_cores()) // sharing)
+        # each ClientApp sets its torch/OpenMP threads from these (fedhet.client.runtime)
+        node_config += f" threads={threads} supernodes-per-host={sharing}"
         node = NodeRecord(index, name, device_class, node_config, runtime_port, threads=threads)
         if self.auth:
             private, public = write_node_key(self.pki_dir / "nodes", name)

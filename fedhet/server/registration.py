@@ -25,6 +25,7 @@ from fedhet.config import ConfigError
 from fedhet.core.seeding import rng
 from fedhet.plan import NodePlan, reference_bench_ms
 from fedhet.profile import DeviceProfile, parse_profile
+from fedhet.server.messaging import send_and_receive
 from fedhet.server.run_dir import RunDir
 from fedhet.server.trust import device_in_use
 
@@ -160,8 +161,8 @@ def query_profiles(
         Message(RecordDict({"config": query}), dst_node_id=n, message_type=QUERY_PROFILE)
         for n in unseen
     ]
-    replies = list(grid.send_and_receive(msgs, timeout=timeout))
-    sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+    exchange = send_and_receive(grid, msgs, timeout)
+    replies, sent = exchange.replies, exchange.dst
     batch: list[tuple[int, DeviceProfile]] = []
     for reply in replies:
         node_id = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)

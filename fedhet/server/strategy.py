@@ -39,6 +39,7 @@ from fedhet.plan import NodePlan, budget_for, plan_knobs_of
 from fedhet.profile import DeviceProfile
 from fedhet.server.checkpoint import checkpoint_state, resume_point
 from fedhet.server.evaluation import GlobalTest, pool_eval_replies
+from fedhet.server.fused import PendingEval, complete, split_replies
 from fedhet.server.hooks import Arrays, ConfigValues, MethodHooks
 from fedhet.server.ledger import (
     RoundLog,
@@ -50,6 +51,7 @@ from fedhet.server.ledger import (
     to_array_record,
     to_numpy_dict,
 )
+from fedhet.server.messaging import send_and_receive
 from fedhet.server.registration import (
     QUERY_PROFILE,
     REGISTRATION_TIMEOUT_S,
@@ -70,6 +72,7 @@ from fedhet.server.trust import (
     guarded_aggregate,
     read_train_reply,
 )
+from fedhet.wire import EVAL_FLAG
 
 __all__ = [
     "QUERY_PROFILE",
@@ -84,6 +87,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("fedhet")
+
+#: Key of the pending evaluation in a checkpoint's strategy state (:mod:`fedhet.server.fused`).
+_PENDING_KEY = "fedhet-pending-eval"
 
 
 class FedhetStrategy(MethodHooks, Strategy):
@@ -102,6 +108,11 @@ class FedhetStrategy(MethodHooks, Strategy):
     #: Training sample size m from every available device, not only the participating ones
     #: (FedAvg-drop draws min(m, |eligible|), METHODS.md §6.2).
     sample_size_of_all: ClassVar[bool] = False
+    #: The train message carries the model the evaluate message would carry (the global model
+    #: after the previous round, or the device's own-size part of it), so a device evaluates it
+    #: in the same call before training and the evaluate phase runs for the final model only
+    #: (:mod:`fedhet.server.fused`). Capability flag of the method, FL-bench style.
+    fused_evaluation: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         self.cfg = cfg
@@ -124,6 +135,10 @@ class FedhetStrategy(MethodHooks, Strategy):
                 f"invalid run config: 'aggregation' = {self.shared.aggregation!r} is not available "
                 f"for method {self.name!r} (its aggregation is method-specific); use 'mean'"
             )
+        #: Last round of the running :meth:`start` (``None``: rounds run one by one, unfused).
+        self._last_round: int | None = None
+        self._pending: PendingEval | None = None
+        self._finished: list[RoundRecord] = []
 
     @property
     def nodes(self) -> dict[int, Node]:
@@ -252,6 +267,8 @@ class FedhetStrategy(MethodHooks, Strategy):
         for node in self.sample(grid, server_round, self.shared.fraction_train, "train"):
             payload, extra = self.train_payload(node, server_round)
             self._sent_train[node.node_id] = payload
+            if self._pending is not None and node.node_id in self._pending.due:
+                extra = {**extra, EVAL_FLAG: True}
             msgs.append(
                 self._message(
                     node, payload, {**dict(config), **extra}, server_round, MessageType.TRAIN
@@ -356,9 +373,48 @@ class FedhetStrategy(MethodHooks, Strategy):
     def _send(self, grid: Grid, msgs: list[Message]) -> list[Message]:
         if not msgs:
             return []
-        replies = list(grid.send_and_receive(msgs, timeout=self.shared.round_timeout))
-        self._sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
-        return replies
+        exchange = send_and_receive(grid, msgs, self.shared.round_timeout)
+        self._sent = exchange.dst
+        for reply in exchange.replies:  # timestamps for the deployment benchmark's breakdown
+            entry = self.current.nodes.get(self._sent.get(reply.metadata.reply_to_message_id, -1))
+            if entry is not None:
+                kind = reply.metadata.message_type
+                entry[f"t-{kind}-pushed"] = exchange.pushed_at
+                entry[f"t-{kind}-replied"] = exchange.arrived_at[reply.metadata.reply_to_message_id]
+        return exchange.replies
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether round ``server_round`` has a federated evaluation (default: every round)."""
+        return True
+
+    def _fused_round(self, server_round: int) -> bool:
+        """Whether round ``server_round`` leaves its evaluation to the next round's train calls."""
+        last = self._last_round
+        return self.fused_evaluation and last is not None and server_round < last
+
+    def _due_evaluations(self, trained: set[int]) -> list[Message]:
+        """Evaluate messages for the pending round's evaluate sample minus the trained nodes.
+
+        Built while :attr:`global_arrays` is still the pending round's model; their bytes go to
+        the pending round's ledger.
+        """
+        pending = self._pending
+        if pending is None:
+            return []
+        current, self.current = self.current, pending.ledger()
+        try:
+            msgs = []
+            for node_id in pending.due:
+                node = self.nodes.get(node_id)
+                if node is None or node_id in trained:
+                    continue
+                payload, extra = self.eval_payload(node, pending.server_round)
+                msgs.append(
+                    self._message(node, payload, extra, pending.server_round, MessageType.EVALUATE)
+                )
+            return msgs
+        finally:
+            self.current = current
 
     def _wait_for_nodes(self, grid: Grid, server_round: int) -> None:
         wait_for_nodes(
@@ -393,7 +449,11 @@ class FedhetStrategy(MethodHooks, Strategy):
         if point is None:
             return 0
         self.global_arrays = point.global_arrays
-        self.load_state_dict(point.strategy_state)
+        state = dict(point.strategy_state)
+        pending = PendingEval.from_state(state.pop(_PENDING_KEY, None))
+        written = {int(r["round"]) for r in self.run_dir.read_metrics()}
+        self._pending = pending if pending and pending.server_round not in written else None
+        self.load_state_dict(state)
         self.totals = dict(point.totals or self.totals)
         if grid is not None:
             self.registry.restore(self.run_dir, set(grid.get_node_ids()))
@@ -413,14 +473,32 @@ class FedhetStrategy(MethodHooks, Strategy):
         train_msgs = list(self.configure_train(server_round, ArrayRecord(), base_cfg, grid))
         for entry in self.current.nodes.values():
             entry["train-payload-bytes-down"] = entry["payload-bytes-down"]
-        _, train_metrics = self.aggregate_train(server_round, self._send(grid, train_msgs))
+        trained = {m.metadata.dst_node_id for m in train_msgs}
+        replies = self._send(grid, train_msgs + self._due_evaluations(trained))
+        if self._pending is not None:
+            replies, evals = split_replies(replies)
+            pending, current, self.current = self._pending, self.current, self._pending.ledger()
+            try:
+                evaluation = self.aggregate_evaluate(pending.server_round, evals)
+            finally:
+                self.current = current
+            self._finished.append(complete(pending, evaluation))
+            self._pending = None
+        _, train_metrics = self.aggregate_train(server_round, replies)
         nodes = self.current.nodes.values()
         self.current.extras["train-bytes-down"] = sum(e["bytes-down"] for e in nodes)
         self.current.extras["train-bytes-up"] = sum(e["bytes-up"] for e in nodes)
-        eval_msgs = list(self.configure_evaluate(server_round, ArrayRecord(), base_cfg, grid))
-        eval_metrics = self.aggregate_evaluate(server_round, self._send(grid, eval_msgs))
+        due: list[int] = []
+        eval_metrics = None
+        if self._fused_round(server_round):
+            fraction = self.shared.fraction_evaluate
+            if self.evaluates(server_round):
+                due = [n.node_id for n in self.sample(grid, server_round, fraction, "evaluate")]
+        else:
+            eval_msgs = list(self.configure_evaluate(server_round, ArrayRecord(), base_cfg, grid))
+            eval_metrics = self.aggregate_evaluate(server_round, self._send(grid, eval_msgs))
         server_metrics = self.server_evaluate(server_round)
-        return round_record(
+        record = round_record(
             self.current,
             method=self.name,
             run_name=self.shared.run_name,
@@ -429,6 +507,13 @@ class FedhetStrategy(MethodHooks, Strategy):
             evaluation=dict(eval_metrics) if eval_metrics else {},
             server=server_metrics,
         )
+        if self._fused_round(server_round):
+            self._pending = PendingEval(record, due)
+        return record
+
+    def _write(self, record: RoundRecord) -> None:
+        if self.run_dir:
+            self.run_dir.append_metrics(record)
 
     def start(
         self,
@@ -499,22 +584,32 @@ class FedhetStrategy(MethodHooks, Strategy):
         """Resume, then run rounds up to ``num_rounds``; see :meth:`start`."""
         last = self.resume(grid)
         self.history = []
+        self._last_round = num_rounds
         t0 = time.time()
         for server_round in range(last + 1, num_rounds + 1):
             record = self.run_round(grid, server_round)
             failed = self.idle.observe(server_round, int(record["num-trained"]))
             if failed:
                 record["run-failed"] = failed
+            for finished in self._finished:  # the previous round, evaluated in this one
+                self._write(finished)
+                if not any(finished is seen for seen in self.history):  # resumed: not seen yet
+                    self.history.append(finished)
+            self._finished = []
             self.history.append(record)
-            if self.run_dir:
-                self.run_dir.append_metrics(record)
+            if self._pending is None or failed:
+                self._write(record)
             if failed:
                 log.error("run %s failed: %s", self.shared.run_name, failed)
                 raise RunFailed(failed)
-            every = self.shared.checkpoint_every
-            if self.run_dir and (server_round % every == 0 or server_round == num_rounds):
+            if self.run_dir and (
+                server_round % self.shared.checkpoint_every == 0 or server_round == num_rounds
+            ):
+                strategy_state = self.state_dict()
+                if self._pending is not None:
+                    strategy_state = {**strategy_state, _PENDING_KEY: self._pending.to_state()}
                 state = checkpoint_state(
-                    server_round, self.name, self.global_arrays, self.state_dict(), self.totals
+                    server_round, self.name, self.global_arrays, strategy_state, self.totals
                 )
                 self.run_dir.save_checkpoint(server_round, state)
             done = server_round - last

@@ -70,6 +70,8 @@ class CoCoFLStrategy(FedhetStrategy):
 
     name: ClassVar[str] = "cocofl"
     aggregates_with_combine: ClassVar[bool] = True
+    #: The train message carries the full fp32 global model, which evaluate scores.
+    fused_evaluation: ClassVar[bool] = True
     knobs_model = CoCoFLKnobs
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:

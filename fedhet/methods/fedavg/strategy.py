@@ -15,6 +15,8 @@ class FedAvgStrategy(FedhetStrategy):
 
     name: ClassVar[str] = "fedavg"
     knobs_model = FedAvgKnobs
+    #: The train message carries the global model the evaluate message would carry.
+    fused_evaluation: ClassVar[bool] = True
 
 
 class FedAvgDropStrategy(FedAvgStrategy):

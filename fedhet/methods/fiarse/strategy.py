@@ -58,6 +58,8 @@ class FiarseStrategy(SizedStrategy):
     """
 
     name: ClassVar[str] = "fiarse"
+    #: Train and evaluate messages carry the same own-size top-γ submodel (``_payload``).
+    fused_evaluation: ClassVar[bool] = True
     knobs_model = FiarseKnobs
     replies_are_updates: ClassVar[bool] = True  # values and dense arrays are differences
     aggregates_with_combine: ClassVar[bool] = True

@@ -204,6 +204,8 @@ class HeteroFLStrategy(WidthStrategy):
 
     name: ClassVar[str] = "heterofl"
     mode: ClassVar[str] = "static"
+    #: The static slice trained is the static slice evaluated (FedRolex's rolling one is not).
+    fused_evaluation: ClassVar[bool] = True
 
 
 class FedRolexStrategy(WidthStrategy):

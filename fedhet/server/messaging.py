@@ -1,0 +1,162 @@
+"""Sending messages and awaiting replies with a short poll (issue 13, "Polls").
+
+Flower 1.41's ``Grid.send_and_receive`` pushes the messages and then pulls the replies every 3 s
+(``flwr/superlink/grid/http_grid.py``): on a deployment every phase of a round waits 1.5 s on
+average for nothing. :func:`send_and_receive` does the same with the Grid's public
+``push_messages`` / ``pull_messages``, but polls every ``interval`` seconds (0.05 s at first,
+growing to at most 0.2 s), with the same timeout semantics: replies that arrive within
+``timeout`` seconds are returned, the missing ones are simply absent.
+
+It also retries a message whose reply is a *transient* Flower error instead of failing the node
+for the round: a ``flwr-clientapp`` process started before the SuperNode had the message ready
+exits with "No messages received from Runtime API" (``flwr/supernode/runtime/run_clientapp.py``,
+``pull_task_input``), which reaches the ServerApp as an error reply; such a message is pushed
+again (a fresh copy: a new message id), at most :data:`MAX_RETRIES` times, while the timeout
+allows. Errors raised by fedhet's own handlers (``CLIENT_APP_RAISED_EXCEPTION``) are never
+retried: they are deterministic and are dropped with their reason by the reply checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+log = logging.getLogger("fedhet")
+
+#: First and largest pause between two pulls (seconds).
+FIRST_INTERVAL_S = 0.05
+MAX_INTERVAL_S = 0.2
+#: How often one message is pushed again after a transient error reply.
+MAX_RETRIES = 2
+
+# flwr.common.constant.ErrorCode values (stable across 1.x): the message or its reply was not
+# available, or the ClientApp process died before it ran fedhet's code.
+_TRANSIENT_CODES = frozenset({3, 4, 8})
+_TRANSIENT_REASONS = ("No messages received", "unavailable")
+
+
+@dataclass
+class Exchange:
+    """What one :func:`send_and_receive` brought back.
+
+    Attributes
+    ----------
+    replies : list[Message]
+        One reply per message at most (a retried message's last reply).
+    dst : dict[str, int]
+        Destination node of every message id pushed (retries included).
+    pushed_at : float
+        Epoch seconds when the batch was pushed.
+    arrived_at : dict[str, float]
+        Epoch seconds when each reply was pulled, by the id of the message it answers.
+    """
+
+    replies: list[Message] = field(default_factory=list)
+    dst: dict[str, int] = field(default_factory=dict)
+    pushed_at: float = 0.0
+    arrived_at: dict[str, float] = field(default_factory=dict)
+
+
+def is_transient(reply: Message) -> bool:
+    """True for an error reply worth one more try (the message never reached fedhet's code)."""
+    if not reply.has_error():
+        return False
+    error = reply.error
+    reason = str(error.reason or "")
+    return int(error.code) in _TRANSIENT_CODES or any(r in reason for r in _TRANSIENT_REASONS)
+
+
+def _copy(msg: Message) -> Message:
+    """A fresh message with the same content and destination (a new message id once pushed)."""
+    return Message(
+        msg.content,
+        dst_node_id=msg.metadata.dst_node_id,
+        message_type=msg.metadata.message_type,
+        group_id=msg.metadata.group_id,
+    )
+
+
+def send_and_receive(
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float,
+    *,
+    max_interval: float = MAX_INTERVAL_S,
+    max_retries: int = MAX_RETRIES,
+) -> Exchange:
+    """Push ``messages``, then pull their replies every ≤ ``max_interval`` s for ``timeout`` s.
+
+    Parameters
+    ----------
+    grid : Grid
+        Where the nodes are (any Flower Grid, or :class:`fedhet.sim.LocalGrid`).
+    messages : Iterable[Message]
+        The messages to send.
+    timeout : float
+        Seconds to wait for replies, counted from the push (as in Flower's ``send_and_receive``).
+    max_interval : float
+        Longest pause between two pulls.
+    max_retries : int
+        How often a message whose reply is :func:`transient <is_transient>` is pushed again.
+
+    Returns
+    -------
+    Exchange
+        The replies, the destination of every message id (to map replies back) and when each
+        reply arrived.
+    """
+    msgs = list(messages)
+    out = Exchange(pushed_at=time.time())
+    if not msgs:
+        return out
+    end = out.pushed_at + timeout
+    by_id: dict[str, Message] = {}
+    dst = out.dst
+    tries: dict[int, int] = {}
+
+    def push(batch: list[Message]) -> None:
+        for msg, mid in zip(batch, grid.push_messages(batch), strict=False):
+            if not mid:  # Flower returns None for a message it could not push
+                log.warning("message to node %s could not be pushed", msg.metadata.dst_node_id)
+                continue
+            by_id[mid] = msg
+            dst[mid] = msg.metadata.dst_node_id
+
+    push(msgs)
+    pending = set(by_id)
+    replies = out.replies
+    interval = FIRST_INTERVAL_S
+    while pending:
+        retry: list[Message] = []
+        for reply in grid.pull_messages(sorted(pending)):
+            mid = reply.metadata.reply_to_message_id
+            if mid not in pending:
+                continue
+            pending.discard(mid)
+            out.arrived_at[mid] = time.time()
+            node = dst[mid]
+            if is_transient(reply) and tries.get(node, 0) < max_retries and time.time() < end:
+                tries[node] = tries.get(node, 0) + 1
+                log.info(
+                    "node %s: transient error (%s), sending the message again (try %d)",
+                    node,
+                    reply.error.reason,
+                    tries[node] + 1,
+                )
+                retry.append(_copy(by_id[mid]))
+                continue
+            replies.append(reply)
+        if retry:
+            before = set(by_id)
+            push(retry)
+            pending |= set(by_id) - before
+        if not pending or time.time() >= end:
+            break
+        time.sleep(min(interval, max(0.0, end - time.time())))
+        interval = min(interval * 2, max_interval)
+    return out

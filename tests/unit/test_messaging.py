@@ -1,0 +1,105 @@
+"""fedhet.server.messaging: short-poll send/receive, timeout semantics, transient retries."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from flwr.app import ConfigRecord, Error, Message, RecordDict
+
+from fedhet.server.messaging import is_transient, send_and_receive
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):  # a Message needs a run context
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+class FakeGrid:
+    """Replies after ``delay`` s; the first message to a node in ``flaky`` gets ``error``."""
+
+    def __init__(self, delay: float, flaky: dict[int, Error] | None = None) -> None:
+        self.delay, self.flaky = delay, dict(flaky or {})
+        self.pushed: list[Message] = []
+        self.pulls = 0
+        self._due: dict[str, tuple[float, Message]] = {}
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            self.pushed.append(msg)
+            node = msg.metadata.dst_node_id
+            if node in self.flaky:
+                reply = Message(self.flaky.pop(node), reply_to=msg)
+            else:
+                reply = Message(RecordDict({"config": ConfigRecord({"ok": 1})}), reply_to=msg)
+            self._due[msg.metadata.message_id] = (time.time() + self.delay, reply)
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        self.pulls += 1
+        now, out = time.time(), []
+        for mid in list(message_ids):
+            if mid in self._due and self._due[mid][0] <= now:
+                out.append(self._due.pop(mid)[1])
+        return out
+
+
+def _msgs(nodes: list[int]) -> list[Message]:
+    return [Message(RecordDict(), dst_node_id=n, message_type="train") for n in nodes]
+
+
+def test_replies_arrive_within_a_short_poll() -> None:
+    grid: Any = FakeGrid(delay=0.3)
+    start = time.time()
+    out = send_and_receive(grid, _msgs([1, 2, 3]), timeout=10.0)
+    took = time.time() - start
+    assert len(out.replies) == 3 and not any(r.has_error() for r in out.replies)
+    assert took < 2.0  # Flower's own loop sleeps 3 s between pulls (margin: loaded CI hosts)
+    assert grid.pulls >= 3  # polled several times within the 0.3 s the replies took
+    assert set(out.dst.values()) == {1, 2, 3}
+    assert all(out.arrived_at[m] >= out.pushed_at for m in out.arrived_at)
+
+
+def test_timeout_returns_what_arrived() -> None:
+    grid: Any = FakeGrid(delay=5.0)
+    start = time.time()
+    out = send_and_receive(grid, _msgs([1]), timeout=0.4)
+    assert out.replies == [] and time.time() - start < 1.0
+
+
+def test_transient_error_is_retried_not_failed() -> None:
+    race = Error(code=2, reason="<class 'RuntimeError'>:<'No messages received from Runtime API'>")
+    grid: Any = FakeGrid(delay=0.05, flaky={2: race})
+    out = send_and_receive(grid, _msgs([1, 2]), timeout=5.0)
+    assert len(grid.pushed) == 3  # node 2's message was pushed again
+    assert sorted(out.dst[r.metadata.reply_to_message_id] for r in out.replies) == [1, 2]
+    assert not any(r.has_error() for r in out.replies)
+
+
+def test_handler_errors_are_not_retried() -> None:
+    bug = Error(code=2, reason="<class 'KeyError'>:<'train-loss'>")
+    grid: Any = FakeGrid(delay=0.05, flaky={1: bug})
+    out = send_and_receive(grid, _msgs([1]), timeout=5.0)
+    assert len(grid.pushed) == 1 and out.replies[0].has_error()
+
+
+def test_retries_are_bounded() -> None:
+    class AlwaysCrashing(FakeGrid):
+        def push_messages(self, messages: Iterable[Message]) -> list[str]:
+            for msg in messages:
+                self.flaky[msg.metadata.dst_node_id] = Error(code=8, reason="crashed")
+            return super().push_messages(messages)
+
+    grid: Any = AlwaysCrashing(delay=0.01)
+    out = send_and_receive(grid, _msgs([1]), timeout=5.0, max_retries=2)
+    assert len(grid.pushed) == 3 and out.replies[0].has_error()
+    assert is_transient(out.replies[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -130,3 +131,43 @@ class LocalGrid(Grid):
 def simulated_node_configs(num_nodes: int, **extra: Any) -> list[dict[str, Any]]:
     """Node configs as Flower's simulation engine makes them (partition-id, num-partitions)."""
     return [{"partition-id": i, "num-partitions": num_nodes, **extra} for i in range(num_nodes)]
+
+
+def run_local(
+    raw: dict[str, Any],
+    node_configs: list[dict[str, Any]],
+    run_dir: str | Path,
+    *,
+    client_app: Any = None,
+) -> Any:
+    """Run (or resume) the method of ``raw`` on an in-process grid of ``node_configs``.
+
+    The real ClientApp handlers (``client_app.app`` unless ``client_app`` is given) answer real
+    Messages; the strategy writes its normal run folder at ``run_dir``.
+
+    Parameters
+    ----------
+    raw : dict
+        Flower's flat run config (parsed with :func:`fedhet.methods.parse_run_config`).
+    node_configs : list of dict
+        One node config per simulated device (e.g. from :func:`simulated_node_configs`).
+    run_dir : str or Path
+        The run folder.
+    client_app : ClientApp, optional
+        Defaults to fedhet's ClientApp.
+
+    Returns
+    -------
+    FedhetStrategy
+        The strategy after :meth:`start` (its ``history`` holds this call's rounds).
+    """
+    from fedhet.methods import get_method, parse_run_config
+    from fedhet.server.run_dir import RunDir
+
+    if client_app is None:
+        from client_app.app import app as client_app
+    cfg = parse_run_config(raw)
+    grid = LocalGrid(client_app, node_configs, raw)
+    strategy = get_method(cfg.shared.method).strategy_cls(cfg, RunDir(run_dir))
+    strategy.start(grid)
+    return strategy

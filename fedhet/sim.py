@@ -32,6 +32,11 @@ class LocalGrid(Grid):
         One node config per node (e.g. ``{"partition-id": i, "num-partitions": n}``).
     run_config : dict
         Flower's flat run config.
+    run_id : int
+        The run id the nodes' contexts carry.
+    keep_sent : bool
+        Keep every sent message in :attr:`sent_log` (tests inspect them). Off for long runs: with
+        100 devices a round's messages hold 100 copies of the model.
     """
 
     def __init__(
@@ -40,6 +45,7 @@ class LocalGrid(Grid):
         node_configs: list[dict[str, Any]],
         run_config: dict[str, Any],
         run_id: int = 1,
+        keep_sent: bool = True,
     ) -> None:
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
@@ -53,6 +59,7 @@ class LocalGrid(Grid):
         self._replies: dict[str, Message | None] = {}
         self._run: Any = None
         self.sent_log: list[Message] = []
+        self.keep_sent = keep_sent
         for cfg in node_configs:
             self.add_node(cfg)
 
@@ -96,7 +103,8 @@ class LocalGrid(Grid):
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             ids.append(msg.metadata.message_id)
-            self.sent_log.append(msg)
+            if self.keep_sent:
+                self.sent_log.append(msg)
             self._replies[msg.metadata.message_id] = self._handle(msg)
         return ids
 
@@ -167,7 +175,7 @@ def run_local(
     if client_app is None:
         from client_app.app import app as client_app
     cfg = parse_run_config(raw)
-    grid = LocalGrid(client_app, node_configs, raw)
+    grid = LocalGrid(client_app, node_configs, raw, keep_sent=False)
     strategy = get_method(cfg.shared.method).strategy_cls(cfg, RunDir(run_dir))
     strategy.start(grid)
     return strategy

@@ -93,11 +93,20 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def run_simulation(
-    overrides: str, *, nodes: int, run_dir: Path, rounds: int, timeout: float = 3600
+    overrides: str,
+    *,
+    nodes: int,
+    run_dir: Path,
+    rounds: int,
+    timeout: float = 3600,
+    ray_address: str | None = None,
 ) -> tuple[str, int | None]:
-    """``flwr run`` this app on a fedhet-managed simulation SuperLink; return (status, run id)."""
+    """``flwr run`` this app on a fedhet-managed simulation SuperLink; return (status, run id).
+
+    ``ray_address`` (``host:port``) runs the simulation on an existing Ray cluster.
+    """
     root = project_root()
-    with SimSuperLink(flwr_home(), num_supernodes=nodes) as link:
+    with SimSuperLink(flwr_home(), num_supernodes=nodes, ray_address=ray_address) as link:
         run_id, result = submit_run(
             root,
             link.connection,
@@ -128,7 +137,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{args.rounds} rounds → {out / run_name}"
     )
     status, run_id = run_simulation(
-        overrides, nodes=args.nodes, run_dir=out / run_name, rounds=args.rounds
+        overrides,
+        nodes=args.nodes,
+        run_dir=out / run_name,
+        rounds=args.rounds,
+        ray_address=args.ray_address or None,
     )
     console.print(f"run {run_id}: status [bold]{status}[/]")
     if status != "finished:completed":
@@ -275,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--output-dir", default="runs")
     demo.add_argument("--run-name", default="")
     demo.add_argument("--config", default="", help="extra run-config overrides 'k=v k2=v2'")
+    demo.add_argument(
+        "--ray-address",
+        default="",
+        help="run the simulation on an existing Ray cluster (host:port of `ray start --head`)",
+    )
     demo.set_defaults(func=cmd_demo)
     comp = sub.add_parser(
         "compare", help="run several methods on the same fleet, split and seed; one report"

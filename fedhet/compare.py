@@ -88,6 +88,18 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return out
 
 
+def toml_value(value: Any) -> str:
+    """A run-config value as ``flwr run -c`` parses it (TOML; strings single-quoted, literal)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value)
+    if "'" in text or "\n" in text:
+        raise ConfigError(f"run-config value {text!r} cannot be passed to flwr run (quote/newline)")
+    return f"'{text}'"
+
+
 def load_fleet(path: Path) -> tuple[str | None, list[dict[str, Any]]]:
     """Read a plant's fleet table.
 
@@ -274,7 +286,7 @@ def run_method(
             raise ConfigError("a per-device fleet table needs --engine inprocess")
         if flwr_runner is None:
             raise ConfigError("--engine flwr needs a runner")
-        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in raw.items())
+        overrides = " ".join(f"{k}={toml_value(v)}" for k, v in raw.items())
         status = flwr_runner(overrides, settings.nodes, run_dir, settings.rounds)
         if status != "finished:completed":
             raise RuntimeError(f"flwr run ended with status {status}")

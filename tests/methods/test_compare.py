@@ -106,3 +106,13 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     assert cmp.default_methods("synthetic-text") == ["fltac", "fedit"]
     assert "fltac" not in cmp.default_methods(None)
     assert cmp.common_model(["fedavg", "cocofl", "heterofl"]) == "cnn_b"
+
+
+def test_flwr_overrides_parse_back_as_flower_reads_them() -> None:
+    from flwr.common.config import parse_config_args
+
+    raw = {"fleet": '["strong", "weak"]', "lr": 0.05, "seed": 3, "server-eval": False, "x.y": "a b"}
+    text = " ".join(f"{k}={cmp.toml_value(v)}" for k, v in raw.items())
+    assert parse_config_args([text]) == raw
+    with pytest.raises(Exception, match="cannot be passed"):
+        cmp.toml_value("it's")

@@ -299,23 +299,31 @@ def write_report(data: dict[str, Any], out: Path) -> Path:
             + " |"
         )
     lines += ["", "## Round time (in-process grid, 2 local steps, evaluation on)", ""]
+    if not data.get("rounds"):
+        lines.append("not measured in this run")
     lines += [
         "| registered | sampled | steady round (s) | per sampled device (ms) |",
         "|---|---|---|---|",
     ]
-    for r in data["rounds"]:
+    for r in data.get("rounds", []):
         per = 1000 * r["steady-round-seconds"] / r["sampled"]
         lines.append(
             f"| {r['devices']} | {r['sampled']} | {r['steady-round-seconds']:.2f} | {per:.1f} |"
         )
-    o = data["overhead"]
+    o = data.get("overhead")
+    lines += (
+        []
+        if o is None
+        else [
+            "",
+            f"## Overhead vs pure compute ({o['devices']} devices × {o['steps']} local steps, no evaluation)",
+            "",
+            f"steady round {o['steady-round-seconds']:.2f} s, the same SGD steps in plain PyTorch "
+            f"{o['pure-seconds']:.2f} s: **{o['ratio']:.2f}×**, "
+            f"{1000 * o['overhead-per-device-s']:.1f} ms overhead per device-round.",
+        ]
+    )
     lines += [
-        "",
-        f"## Overhead vs pure compute ({o['devices']} devices × {o['steps']} local steps, no evaluation)",
-        "",
-        f"steady round {o['steady-round-seconds']:.2f} s, the same SGD steps in plain PyTorch "
-        f"{o['pure-seconds']:.2f} s: **{o['ratio']:.2f}×**, "
-        f"{1000 * o['overhead-per-device-s']:.1f} ms overhead per device-round.",
         "",
         "## ServerApp peak memory (server alone, echo devices, 100 sampled per round)",
         "",
@@ -337,9 +345,10 @@ def write_report(data: dict[str, Any], out: Path) -> Path:
             f"{f['total-seconds']:.0f} s in all (SuperLink start, registration, 2 rounds), rounds "
             + ", ".join(f"{s:.1f} s" for s in f["round-seconds"]),
         ]
-    lines += ["", "![scale](scale.png)", ""]
+    lines += ["", *data.get("extra", []), "", "![scale](scale.png)", ""]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    rs = [r for r in data["rounds"] if r["devices"] == max(x["devices"] for x in data["rounds"])]
+    rounds = data.get("rounds") or []
+    rs = [r for r in rounds if r["devices"] == max(x["devices"] for x in rounds)]
     axes[0].plot([r["sampled"] for r in rs], [r["steady-round-seconds"] for r in rs], "o-")
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")

@@ -301,10 +301,11 @@ def write_report(data: dict[str, Any], out: Path) -> Path:
     lines += ["", "## Round time (in-process grid, 2 local steps, evaluation on)", ""]
     if not data.get("rounds"):
         lines.append("not measured in this run")
-    lines += [
-        "| registered | sampled | steady round (s) | per sampled device (ms) |",
-        "|---|---|---|---|",
-    ]
+    else:
+        lines += [
+            "| registered | sampled | steady round (s) | per sampled device (ms) |",
+            "|---|---|---|---|",
+        ]
     for r in data.get("rounds", []):
         per = 1000 * r["steady-round-seconds"] / r["sampled"]
         lines.append(
@@ -320,7 +321,7 @@ def write_report(data: dict[str, Any], out: Path) -> Path:
             "",
             f"steady round {o['steady-round-seconds']:.2f} s, the same SGD steps in plain PyTorch "
             f"{o['pure-seconds']:.2f} s: **{o['ratio']:.2f}×**, "
-            f"{1000 * o['overhead-per-device-s']:.1f} ms overhead per device-round.",
+            f"{1000 * o['overhead-per-device-s']:.1f} ms per device-round by wall-time difference (see the notes below on load).",
         ]
     )
     lines += [
@@ -350,8 +351,9 @@ def write_report(data: dict[str, Any], out: Path) -> Path:
     rounds = data.get("rounds") or []
     rs = [r for r in rounds if r["devices"] == max(x["devices"] for x in rounds)]
     axes[0].plot([r["sampled"] for r in rs], [r["steady-round-seconds"] for r in rs], "o-")
-    axes[0].set_xscale("log")
-    axes[0].set_yscale("log")
+    if rs:
+        axes[0].set_xscale("log")
+        axes[0].set_yscale("log")
     axes[0].set_xlabel("sampled devices per round")
     axes[0].set_ylabel("steady round (s)")
     axes[0].grid(alpha=0.3)

@@ -19,9 +19,7 @@ from typing import Any
 import torch
 
 from fedhet.config import default_run_config
-from fedhet.methods import get_method, parse_run_config
-from fedhet.server.run_dir import RunDir
-from fedhet.sim import LocalGrid, simulated_node_configs
+from fedhet.sim import run_local, simulated_node_configs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -146,18 +144,13 @@ def run_method(
     )
     for key, value in config.items():
         raw[key if "." in key else key.replace("_", "-")] = value
-    cfg = parse_run_config(raw)
     run_dir = out / "raw" / bench / run_name
     shutil.rmtree(run_dir, ignore_errors=True)
-    from client_app.app import app as client_app
-
     node_cfgs = simulated_node_configs(num_nodes)
     for cfg_i, extra in zip(node_cfgs, node_extra or [{}] * num_nodes, strict=True):
         cfg_i.update(extra)
-    grid = LocalGrid(client_app, node_cfgs, raw)
-    strategy = get_method(method).strategy_cls(cfg, RunDir(run_dir))
     start = time.time()
-    strategy.start(grid)
+    strategy = run_local(raw, node_cfgs, run_dir)
     log.info("%s/%s finished in %.1f s", bench, run_name, time.time() - start)
     return strategy.history
 

@@ -1,4 +1,4 @@
-"""The ``fedhet`` command: ``demo``, ``report``, ``methods``, ``profile-costs``.
+"""The ``fedhet`` command: ``demo``, ``compare``, ``report``, ``methods``, ``profile-costs``.
 
 ``fedhet demo`` runs ``flwr run .`` as a local simulation, shows progress from the run's
 ``metrics.jsonl``, checks the run's final status with ``flwr ls --format json`` (``flwr run`` exits 0
@@ -93,11 +93,20 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def run_simulation(
-    overrides: str, *, nodes: int, run_dir: Path, rounds: int, timeout: float = 3600
+    overrides: str,
+    *,
+    nodes: int,
+    run_dir: Path,
+    rounds: int,
+    timeout: float = 3600,
+    ray_address: str | None = None,
 ) -> tuple[str, int | None]:
-    """``flwr run`` this app on a fedhet-managed simulation SuperLink; return (status, run id)."""
+    """``flwr run`` this app on a fedhet-managed simulation SuperLink; return (status, run id).
+
+    ``ray_address`` (``host:port``) runs the simulation on an existing Ray cluster.
+    """
     root = project_root()
-    with SimSuperLink(flwr_home(), num_supernodes=nodes) as link:
+    with SimSuperLink(flwr_home(), num_supernodes=nodes, ray_address=ray_address) as link:
         run_id, result = submit_run(
             root,
             link.connection,
@@ -128,7 +137,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{args.rounds} rounds → {out / run_name}"
     )
     status, run_id = run_simulation(
-        overrides, nodes=args.nodes, run_dir=out / run_name, rounds=args.rounds
+        overrides,
+        nodes=args.nodes,
+        run_dir=out / run_name,
+        rounds=args.rounds,
+        ray_address=args.ray_address or None,
     )
     console.print(f"run {run_id}: status [bold]{status}[/]")
     if status != "finished:completed":
@@ -138,6 +151,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fedhet.report import write_report
 
     console.print(f"report: {write_report(out / run_name)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run several methods on one fleet and write ``compare.md``/``.json`` and plots."""
+    from fedhet.compare import (
+        CompareSettings,
+        compare,
+        default_methods,
+        load_fleet,
+        parse_overrides,
+    )
+    from fedhet.config import ConfigError
+
+    try:
+        config = parse_overrides(args.config)
+        devices: list[dict[str, Any]] = []
+        if args.fleet:
+            fleet, devices = load_fleet(args.fleet)
+            if fleet is not None:
+                config["fleet"] = fleet
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] or default_methods(
+            config.get("dataset")
+        )
+        settings = CompareSettings(
+            rounds=args.rounds, nodes=args.nodes, config=config, devices=devices, engine=args.engine
+        )
+
+        def flwr_runner(overrides: str, nodes: int, run_dir: Path, rounds: int) -> str:
+            return run_simulation(overrides, nodes=nodes, run_dir=run_dir, rounds=rounds)[0]
+
+        results = compare(methods, settings, Path(args.out), flwr_runner=flwr_runner)
+    except (ConfigError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    table = Table(title="fedhet compare")
+    for h in ("method", "status", "acc global", "acc local", "MB up", "s/round"):
+        table.add_column(h, justify="right")
+    for m, r in results.items():
+        if r.get("status") != "finished":
+            table.add_row(m, "[red]failed[/]", "", "", "", "")
+            continue
+        g, loc = r["global-accuracy"], r["local-accuracy"]
+        table.add_row(
+            m,
+            "finished",
+            "–" if g is None else f"{100 * g:.1f}%",
+            "–" if loc is None else f"{100 * loc:.1f}%",
+            f"{r['cum-bytes-up'] / 1e6:.2f}",
+            f"{r['mean-round-seconds']:.2f}",
+        )
+    console.print(table)
+    console.print(f"report: {Path(args.out) / 'compare.md'}")
+    failed = [m for m, r in results.items() if r.get("status") != "finished"]
+    if failed:
+        console.print(f"[red]failed: {', '.join(failed)}[/] (errors in compare.md)")
+        return 1
     return 0
 
 
@@ -218,7 +288,29 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--output-dir", default="runs")
     demo.add_argument("--run-name", default="")
     demo.add_argument("--config", default="", help="extra run-config overrides 'k=v k2=v2'")
+    demo.add_argument(
+        "--ray-address",
+        default="",
+        help="run the simulation on an existing Ray cluster (host:port of `ray start --head`)",
+    )
     demo.set_defaults(func=cmd_demo)
+    comp = sub.add_parser(
+        "compare", help="run several methods on the same fleet, split and seed; one report"
+    )
+    comp.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated registered methods (default: every method for the dataset)",
+    )
+    comp.add_argument("--rounds", type=int, default=5)
+    comp.add_argument("--nodes", type=int, default=10, help="simulated devices")
+    comp.add_argument("--out", type=Path, default=Path("compare"), help="report folder")
+    comp.add_argument("--config", default="", help="run-config overrides 'k=v k2=v2'")
+    comp.add_argument(
+        "--fleet", type=Path, default=None, help="fleet table JSON (class list/shares or devices)"
+    )
+    comp.add_argument("--engine", choices=("inprocess", "flwr"), default="inprocess")
+    comp.set_defaults(func=cmd_compare)
     report = sub.add_parser("report", help="write report.md and plots for a run folder")
     report.add_argument("run_dir", type=Path)
     report.set_defaults(func=cmd_report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -31,6 +32,11 @@ class LocalGrid(Grid):
         One node config per node (e.g. ``{"partition-id": i, "num-partitions": n}``).
     run_config : dict
         Flower's flat run config.
+    run_id : int
+        The run id the nodes' contexts carry.
+    keep_sent : bool
+        Keep every sent message in :attr:`sent_log` (tests inspect them). Off for long runs: with
+        100 devices a round's messages hold 100 copies of the model.
     """
 
     def __init__(
@@ -39,6 +45,7 @@ class LocalGrid(Grid):
         node_configs: list[dict[str, Any]],
         run_config: dict[str, Any],
         run_id: int = 1,
+        keep_sent: bool = True,
     ) -> None:
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
@@ -52,6 +59,7 @@ class LocalGrid(Grid):
         self._replies: dict[str, Message | None] = {}
         self._run: Any = None
         self.sent_log: list[Message] = []
+        self.keep_sent = keep_sent
         for cfg in node_configs:
             self.add_node(cfg)
 
@@ -95,7 +103,8 @@ class LocalGrid(Grid):
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             ids.append(msg.metadata.message_id)
-            self.sent_log.append(msg)
+            if self.keep_sent:
+                self.sent_log.append(msg)
             self._replies[msg.metadata.message_id] = self._handle(msg)
         return ids
 
@@ -130,3 +139,43 @@ class LocalGrid(Grid):
 def simulated_node_configs(num_nodes: int, **extra: Any) -> list[dict[str, Any]]:
     """Node configs as Flower's simulation engine makes them (partition-id, num-partitions)."""
     return [{"partition-id": i, "num-partitions": num_nodes, **extra} for i in range(num_nodes)]
+
+
+def run_local(
+    raw: dict[str, Any],
+    node_configs: list[dict[str, Any]],
+    run_dir: str | Path,
+    *,
+    client_app: Any = None,
+) -> Any:
+    """Run (or resume) the method of ``raw`` on an in-process grid of ``node_configs``.
+
+    The real ClientApp handlers (``client_app.app`` unless ``client_app`` is given) answer real
+    Messages; the strategy writes its normal run folder at ``run_dir``.
+
+    Parameters
+    ----------
+    raw : dict
+        Flower's flat run config (parsed with :func:`fedhet.methods.parse_run_config`).
+    node_configs : list of dict
+        One node config per simulated device (e.g. from :func:`simulated_node_configs`).
+    run_dir : str or Path
+        The run folder.
+    client_app : ClientApp, optional
+        Defaults to fedhet's ClientApp.
+
+    Returns
+    -------
+    FedhetStrategy
+        The strategy after :meth:`start` (its ``history`` holds this call's rounds).
+    """
+    from fedhet.methods import get_method, parse_run_config
+    from fedhet.server.run_dir import RunDir
+
+    if client_app is None:
+        from client_app.app import app as client_app
+    cfg = parse_run_config(raw)
+    grid = LocalGrid(client_app, node_configs, raw, keep_sent=False)
+    strategy = get_method(cfg.shared.method).strategy_cls(cfg, RunDir(run_dir))
+    strategy.start(grid)
+    return strategy

@@ -227,6 +227,35 @@ def plan_of(msg: Message, knobs_model: type[K]) -> tuple[NodePlan, K]:
     return plan, plan.knobs_as(knobs_model)
 
 
+#: Models built in this process, by (name, build options); see :func:`loaded_model`.
+_MODELS: dict[tuple[str, tuple[tuple[str, Any], ...]], torch.nn.Module] = {}
+
+
+def loaded_model(name: str, arrays: dict[str, np.ndarray], **build: Any) -> torch.nn.Module:
+    """``build_model(name, **build)`` holding ``arrays``, built once per process.
+
+    A process that serves many simulated devices (Flower's simulation workers, the in-process
+    grid) reuses one instance per architecture: every parameter and buffer is overwritten from
+    ``arrays`` (``strict`` load, so a missing tensor is an error) and every parameter is made
+    trainable again, so nothing of the previous device's round survives. Only for methods whose
+    message carries the whole state dict of the model it describes.
+    """
+    from fedhet.models import build_model
+
+    key = (name, tuple(sorted(build.items())))
+    model = _MODELS.get(key)
+    if model is None:
+        model = _MODELS[key] = build_model(name, **build)
+    model.load_state_dict(
+        {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}, strict=True
+    )
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    model.train()
+    return model
+
+
 def state_to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
 

@@ -46,10 +46,22 @@ class SimSuperLink:
         Simulated SuperNodes per run.
     num_cpus : float
         CPUs per simulated ClientApp (Ray resources).
+    ray_address : str, optional
+        An existing Ray cluster (``host:port`` of its GCS, as ``ray start --head`` prints) for the
+        simulation to join instead of starting its own Ray on this host. Flower 1.41's backend
+        init args have no address, so it reaches ``ray.init`` as ``RAY_ADDRESS`` in the
+        SuperLink's environment (inherited by ``flwr-simulation``).
     """
 
-    def __init__(self, flwr_home: Path, num_supernodes: int = 10, num_cpus: float = 1.0) -> None:
+    def __init__(
+        self,
+        flwr_home: Path,
+        num_supernodes: int = 10,
+        num_cpus: float = 1.0,
+        ray_address: str | None = None,
+    ) -> None:
         self.flwr_home = Path(flwr_home)
+        self.ray_address = ray_address
         self.num_supernodes = num_supernodes
         self.num_cpus = num_cpus
         self.record: ProcessRecord | None = None
@@ -71,7 +83,10 @@ class SimSuperLink:
 
     def env(self) -> dict[str, str]:
         """Environment of the SuperLink and of ``flwr`` commands against it."""
-        return flower_env(self.flwr_home)
+        env = flower_env(self.flwr_home)
+        if self.ray_address:
+            env["RAY_ADDRESS"] = self.ray_address
+        return env
 
     def _healthy(self) -> bool:
         try:

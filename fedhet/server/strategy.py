@@ -126,6 +126,8 @@ class FedhetStrategy(MethodHooks, Strategy):
         #: ``metrics.jsonl`` lines of the rounds the last :meth:`start` ran.
         self.history: list[RoundRecord] = []
         self._sent: dict[str, int] = {}
+        #: (arrays, their ArrayRecord) of the message being built; reset before each batch.
+        self._shared_payload: tuple[Arrays, ArrayRecord] | None = None
         self._test = GlobalTest(self.shared.dataset, self.shared.server_eval)
         #: What each node was sent for training this round (for the update-size filter).
         self._sent_train: dict[int, Arrays] = {}
@@ -250,7 +252,15 @@ class FedhetStrategy(MethodHooks, Strategy):
                 **config,
             }
         )
-        content = RecordDict({"arrays": to_array_record(arrays), "config": cfg})
+        if arrays is not self.global_arrays:
+            record = to_array_record(arrays)
+        else:
+            # nodes sent the global model itself (FedAvg) share one record per batch of messages:
+            # 100 sampled devices no longer hold 100 serialised copies of the model on the server
+            if self._shared_payload is None or self._shared_payload[0] is not arrays:
+                self._shared_payload = (arrays, to_array_record(arrays))
+            record = self._shared_payload[1]
+        content = RecordDict({"arrays": record, "config": cfg})
         msg = Message(content, dst_node_id=node.node_id, message_type=message_type)
         self.totals["bytes-down"] += self.current.count(node, content, "down")
         return msg
@@ -264,6 +274,7 @@ class FedhetStrategy(MethodHooks, Strategy):
         """
         msgs = []
         self._sent_train = {}
+        self._shared_payload = None
         for node in self.sample(grid, server_round, self.shared.fraction_train, "train"):
             payload, extra = self.train_payload(node, server_round)
             self._sent_train[node.node_id] = payload
@@ -349,6 +360,7 @@ class FedhetStrategy(MethodHooks, Strategy):
     ) -> Iterable[Message]:
         """One evaluate message per sampled node, with :meth:`eval_payload` and the plan."""
         msgs = []
+        self._shared_payload = None
         for node in self.sample(grid, server_round, self.shared.fraction_evaluate, "evaluate"):
             payload, extra = self.eval_payload(node, server_round)
             msgs.append(
@@ -356,6 +368,7 @@ class FedhetStrategy(MethodHooks, Strategy):
                     node, payload, {**dict(config), **extra}, server_round, MessageType.EVALUATE
                 )
             )
+        self._shared_payload = None
         return msgs
 
     def aggregate_evaluate(

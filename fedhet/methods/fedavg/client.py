@@ -10,19 +10,16 @@ from fedhet.client.runtime import (
     ClientContext,
     arrays_of,
     config_of,
-    numpy_to_state,
+    loaded_model,
     reply_content,
     state_to_numpy,
 )
 from fedhet.client.training import train_sgd
 from fedhet.methods.fedavg.config import FedAvgConfig
-from fedhet.models import build_model
 
 
 def _model(msg: Message, ctx: ClientContext, num_classes: int) -> torch.nn.Module:
-    model = build_model(ctx.run.shared.model, num_classes=num_classes)
-    model.load_state_dict(numpy_to_state(arrays_of(msg)))
-    return model
+    return loaded_model(ctx.run.shared.model, arrays_of(msg), num_classes=num_classes)
 
 
 def train(msg: Message, ctx: ClientContext) -> RecordDict:

@@ -23,7 +23,7 @@ from fedhet.client.runtime import (
     ClientContext,
     arrays_of,
     config_of,
-    numpy_to_state,
+    loaded_model,
     plan_of,
     reply_content,
     state_to_numpy,
@@ -31,15 +31,14 @@ from fedhet.client.runtime import (
 from fedhet.client.training import train_sgd
 from fedhet.methods.width.config import WidthConfig
 from fedhet.methods.width.plan import WidthKnobs
-from fedhet.models import build_model
 
 
 def _slice_model(msg: Message, ctx: ClientContext, num_classes: int) -> nn.Module:
     """The received width-β slice loaded into ``build_model(model, width=β)``; β from the plan."""
     _, knobs = plan_of(msg, WidthKnobs)
-    model = build_model(ctx.run.shared.model, num_classes=num_classes, width=knobs.beta)
-    model.load_state_dict(numpy_to_state(arrays_of(msg)))
-    return model
+    return loaded_model(
+        ctx.run.shared.model, arrays_of(msg), num_classes=num_classes, width=knobs.beta
+    )
 
 
 @contextmanager

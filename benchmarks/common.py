@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from fedhet.config import default_run_config
-from fedhet.sim import run_local, simulated_node_configs
+from fedhet.sim import LocalGrid, build_local, run_local, simulated_node_configs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -234,13 +234,9 @@ def run_method_grid(
     )
     for key, value in config.items():
         raw[key if "." in key else key.replace("_", "-")] = value
-    cfg = parse_run_config(raw)
     run_dir = out / "raw" / bench / run_name
     shutil.rmtree(run_dir, ignore_errors=True)
-    from client_app.app import app as client_app
-
-    grid = LocalGrid(client_app, [dict(c) for c in node_configs], raw)
-    strategy = get_method(method).strategy_cls(cfg, RunDir(run_dir))
+    strategy, grid = build_local(raw, [dict(c) for c in node_configs], run_dir, keep_sent=True)
     start = time.time()
     strategy.start(grid)
     history = strategy.history

@@ -141,17 +141,15 @@ def simulated_node_configs(num_nodes: int, **extra: Any) -> list[dict[str, Any]]
     return [{"partition-id": i, "num-partitions": num_nodes, **extra} for i in range(num_nodes)]
 
 
-def run_local(
+def build_local(
     raw: dict[str, Any],
     node_configs: list[dict[str, Any]],
     run_dir: str | Path,
     *,
     client_app: Any = None,
-) -> Any:
-    """Run (or resume) the method of ``raw`` on an in-process grid of ``node_configs``.
-
-    The real ClientApp handlers (``client_app.app`` unless ``client_app`` is given) answer real
-    Messages; the strategy writes its normal run folder at ``run_dir``.
+    keep_sent: bool = False,
+) -> tuple[Any, LocalGrid]:
+    """The strategy of ``raw``'s method and an in-process grid of ``node_configs``, not started.
 
     Parameters
     ----------
@@ -163,11 +161,13 @@ def run_local(
         The run folder.
     client_app : ClientApp, optional
         Defaults to fedhet's ClientApp.
+    keep_sent : bool
+        Keep every sent message in ``grid.sent_log`` (tests; costs memory at scale).
 
     Returns
     -------
-    FedhetStrategy
-        The strategy after :meth:`start` (its ``history`` holds this call's rounds).
+    tuple
+        ``(strategy, grid)``; the grid keeps each device's ``context.state``.
     """
     from fedhet.methods import get_method, parse_run_config
     from fedhet.server.run_dir import RunDir
@@ -175,7 +175,28 @@ def run_local(
     if client_app is None:
         from client_app.app import app as client_app
     cfg = parse_run_config(raw)
-    grid = LocalGrid(client_app, node_configs, raw, keep_sent=False)
+    grid = LocalGrid(client_app, node_configs, raw, keep_sent=keep_sent)
     strategy = get_method(cfg.shared.method).strategy_cls(cfg, RunDir(run_dir))
+    return strategy, grid
+
+
+def run_local(
+    raw: dict[str, Any],
+    node_configs: list[dict[str, Any]],
+    run_dir: str | Path,
+    *,
+    client_app: Any = None,
+) -> Any:
+    """Run (or resume) the method of ``raw`` on an in-process grid of ``node_configs``.
+
+    The real ClientApp handlers (``client_app.app`` unless ``client_app`` is given) answer real
+    Messages; the strategy writes its normal run folder at ``run_dir``. See :func:`build_local`.
+
+    Returns
+    -------
+    FedhetStrategy
+        The strategy after :meth:`start` (its ``history`` holds this call's rounds).
+    """
+    strategy, grid = build_local(raw, node_configs, run_dir, client_app=client_app)
     strategy.start(grid)
     return strategy

@@ -56,6 +56,13 @@ class MethodHooks:
     knobs_model: ClassVar[type[Knobs]] = Knobs
     #: Train replies carry updates (differences), not parameters (for the norm-outlier filter).
     replies_are_updates: ClassVar[bool] = False
+    #: Every device trains the same tensors, so update sizes are comparable across the round's
+    #: replies and the norm-outlier filter (``outlier-factor``) applies. Methods whose devices train
+    #: different parts (submodel sizes, windows) set this False: their update sizes legitimately
+    #: differ by orders of magnitude (a full-width HeteroFL device moved 200× more per value than
+    #: a 1/8-width one on digits), so only non-finite updates are dropped there; such fleets use
+    #: ``aggregation = trimmed-mean | median`` against bad devices.
+    comparable_updates: ClassVar[bool] = True
     #: The method's ``aggregate`` goes through :meth:`combine` (so the robust rules apply).
     aggregates_with_combine: ClassVar[bool] = False
 

@@ -31,6 +31,9 @@ class SizedStrategy(FedhetStrategy):
     local-test accuracy), METHODS.md §7.2 step 7.
     """
 
+    #: Devices train different parts (sizes / windows): see ``comparable_updates`` in hooks.
+    comparable_updates: ClassVar[bool] = False
+
     knobs_model: ClassVar[type[SizeKnobs]] = SizeKnobs
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:

@@ -338,7 +338,8 @@ class FedhetStrategy(MethodHooks, Strategy):
             self._reader(server_round),
         )
         sent = {} if self.replies_are_updates else self._sent_train
-        valid = drop_outliers(valid, sent, self.shared.outlier_factor, self.current)
+        factor = self.shared.outlier_factor if self.comparable_updates else 0.0
+        valid = drop_outliers(valid, sent, factor, self.current)
         if valid:
             robust = self.shared.aggregation != "mean"
             guarded_aggregate(

@@ -68,6 +68,9 @@ class CoCoFLStrategy(FedhetStrategy):
     ``cocofl-unit-trainers`` (how many devices trained each unit).
     """
 
+    #: Devices train different parts (sizes / windows): see ``comparable_updates`` in hooks.
+    comparable_updates: ClassVar[bool] = False
+
     name: ClassVar[str] = "cocofl"
     aggregates_with_combine: ClassVar[bool] = True
     #: The train message carries the full fp32 global model, which evaluate scores.

@@ -19,6 +19,9 @@ import torch
 from fedhet.config import ConfigError
 from fedhet.server.run_dir import RunDir
 
+#: Strategy-state key of a fused evaluation still pending at checkpoint time.
+PENDING_KEY = "fedhet-pending-eval"
+
 log = logging.getLogger("fedhet")
 
 
@@ -103,3 +106,39 @@ def resume_point(
         strategy_state=state.get("strategy", {}),
         totals=state.get("totals"),
     )
+
+
+def restore_strategy(strategy: Any, grid: Any = None) -> int:
+    """Restore ``strategy`` (a running :class:`~fedhet.server.strategy.FedhetStrategy`) from the
+    last good checkpoint of its run folder: global arrays, method state, byte totals, a fused
+    evaluation still pending, and (with a ``grid``) the registered nodes still connected.
+
+    Returns
+    -------
+    int
+        The last completed round (0 for a fresh start).
+
+    Raises
+    ------
+    ConfigError
+        If the run folder holds checkpoints of a different config.
+    """
+    from fedhet.server.fused import PendingEval
+
+    run_dir = strategy.run_dir
+    if run_dir is None:
+        return 0
+    shapes = {k: tuple(np.shape(v)) for k, v in strategy.global_arrays.items()}
+    point = resume_point(run_dir, strategy.cfg.raw, strategy.name, shapes)
+    if point is None:
+        return 0
+    strategy.global_arrays = point.global_arrays
+    state = dict(point.strategy_state)
+    pending = PendingEval.from_state(state.pop(PENDING_KEY, None))
+    written = {int(r["round"]) for r in run_dir.read_metrics()}
+    strategy._pending = pending if pending and pending.server_round not in written else None
+    strategy.load_state_dict(state)
+    strategy.totals = dict(point.totals or strategy.totals)
+    if grid is not None:
+        strategy.registry.restore(run_dir, set(grid.get_node_ids()))
+    return int(point.server_round)

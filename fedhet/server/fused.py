@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 
 from fedhet.server.ledger import RoundLog, RoundRecord
 from fedhet.wire import EVAL_FLAG, EVAL_RECORD
@@ -154,3 +154,29 @@ __all__ = [
     "complete",
     "split_replies",
 ]
+
+
+def due_evaluations(strategy: Any, trained: set[int]) -> list[Message]:
+    """Evaluate messages for the pending round's evaluate sample minus the trained nodes.
+
+    ``strategy`` is the running :class:`~fedhet.server.strategy.FedhetStrategy`. The messages are
+    built while its ``global_arrays`` is still the pending round's model; their bytes go to the
+    pending round's ledger.
+    """
+    pending = strategy._pending
+    if pending is None:
+        return []
+    current, strategy.current = strategy.current, pending.ledger()
+    try:
+        msgs = []
+        for node_id in pending.due:
+            node = strategy.nodes.get(node_id)
+            if node is None or node_id in trained:
+                continue
+            payload, extra = strategy.eval_payload(node, pending.server_round)
+            msgs.append(
+                strategy._message(node, payload, extra, pending.server_round, MessageType.EVALUATE)
+            )
+        return msgs
+    finally:
+        strategy.current = current

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -160,3 +161,14 @@ def send_and_receive(
         time.sleep(min(interval, max(0.0, end - time.time())))
         interval = min(interval * 2, max_interval)
     return out
+
+
+def stamp_replies(exchange: Exchange, entries: dict[int, dict[str, Any]]) -> None:
+    """Write push and reply times into each answering node's ledger entry (``t-<type>-pushed``,
+    ``t-<type>-replied``), for the deployment benchmark's per-phase breakdown."""
+    for reply in exchange.replies:
+        entry = entries.get(exchange.dst.get(reply.metadata.reply_to_message_id, -1))
+        if entry is not None:
+            kind = reply.metadata.message_type
+            entry[f"t-{kind}-pushed"] = exchange.pushed_at
+            entry[f"t-{kind}-replied"] = exchange.arrived_at[reply.metadata.reply_to_message_id]

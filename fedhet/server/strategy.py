@@ -37,9 +37,9 @@ from fedhet.config import ConfigError, RunConfig
 from fedhet.data.base import TensorData
 from fedhet.plan import NodePlan, budget_for, plan_knobs_of
 from fedhet.profile import DeviceProfile
-from fedhet.server.checkpoint import checkpoint_state, resume_point
+from fedhet.server.checkpoint import PENDING_KEY, checkpoint_state, restore_strategy
 from fedhet.server.evaluation import GlobalTest, pool_eval_replies
-from fedhet.server.fused import PendingEval, complete, split_replies
+from fedhet.server.fused import PendingEval, complete, due_evaluations, split_replies
 from fedhet.server.hooks import Arrays, ConfigValues, MethodHooks
 from fedhet.server.ledger import (
     RoundLog,
@@ -51,7 +51,7 @@ from fedhet.server.ledger import (
     to_array_record,
     to_numpy_dict,
 )
-from fedhet.server.messaging import send_and_receive
+from fedhet.server.messaging import send_and_receive, stamp_replies
 from fedhet.server.registration import (
     QUERY_PROFILE,
     REGISTRATION_TIMEOUT_S,
@@ -89,7 +89,6 @@ __all__ = [
 log = logging.getLogger("fedhet")
 
 #: Key of the pending evaluation in a checkpoint's strategy state (:mod:`fedhet.server.fused`).
-_PENDING_KEY = "fedhet-pending-eval"
 
 
 class FedhetStrategy(MethodHooks, Strategy):
@@ -389,12 +388,7 @@ class FedhetStrategy(MethodHooks, Strategy):
             return []
         exchange = send_and_receive(grid, msgs, self.shared.round_timeout)
         self._sent = exchange.dst
-        for reply in exchange.replies:  # timestamps for the deployment benchmark's breakdown
-            entry = self.current.nodes.get(self._sent.get(reply.metadata.reply_to_message_id, -1))
-            if entry is not None:
-                kind = reply.metadata.message_type
-                entry[f"t-{kind}-pushed"] = exchange.pushed_at
-                entry[f"t-{kind}-replied"] = exchange.arrived_at[reply.metadata.reply_to_message_id]
+        stamp_replies(exchange, self.current.nodes)  # for the deployment benchmark's breakdown
         return exchange.replies
 
     def evaluates(self, server_round: int) -> bool:
@@ -405,30 +399,6 @@ class FedhetStrategy(MethodHooks, Strategy):
         """Whether round ``server_round`` leaves its evaluation to the next round's train calls."""
         last = self._last_round
         return self.fused_evaluation and last is not None and server_round < last
-
-    def _due_evaluations(self, trained: set[int]) -> list[Message]:
-        """Evaluate messages for the pending round's evaluate sample minus the trained nodes.
-
-        Built while :attr:`global_arrays` is still the pending round's model; their bytes go to
-        the pending round's ledger.
-        """
-        pending = self._pending
-        if pending is None:
-            return []
-        current, self.current = self.current, pending.ledger()
-        try:
-            msgs = []
-            for node_id in pending.due:
-                node = self.nodes.get(node_id)
-                if node is None or node_id in trained:
-                    continue
-                payload, extra = self.eval_payload(node, pending.server_round)
-                msgs.append(
-                    self._message(node, payload, extra, pending.server_round, MessageType.EVALUATE)
-                )
-            return msgs
-        finally:
-            self.current = current
 
     def _wait_for_nodes(self, grid: Grid, server_round: int) -> None:
         wait_for_nodes(
@@ -444,34 +414,14 @@ class FedhetStrategy(MethodHooks, Strategy):
         return self._test.get()
 
     def resume(self, grid: Grid | None = None) -> int:
-        """Restore the last checkpoint of this run, if any.
+        """Restore the last checkpoint of this run, if any (:func:`restore_strategy`).
 
         Returns
         -------
         int
             The last completed round (0 for a fresh start).
-
-        Raises
-        ------
-        ConfigError
-            If the run folder holds checkpoints of a different config.
         """
-        if self.run_dir is None:
-            return 0
-        shapes = {k: tuple(np.shape(v)) for k, v in self.global_arrays.items()}
-        point = resume_point(self.run_dir, self.cfg.raw, self.name, shapes)
-        if point is None:
-            return 0
-        self.global_arrays = point.global_arrays
-        state = dict(point.strategy_state)
-        pending = PendingEval.from_state(state.pop(_PENDING_KEY, None))
-        written = {int(r["round"]) for r in self.run_dir.read_metrics()}
-        self._pending = pending if pending and pending.server_round not in written else None
-        self.load_state_dict(state)
-        self.totals = dict(point.totals or self.totals)
-        if grid is not None:
-            self.registry.restore(self.run_dir, set(grid.get_node_ids()))
-        return point.server_round
+        return restore_strategy(self, grid)
 
     def run_round(self, grid: Grid, server_round: int) -> RoundRecord:
         """One full round: register, train, aggregate, evaluate, log.
@@ -488,7 +438,7 @@ class FedhetStrategy(MethodHooks, Strategy):
         for entry in self.current.nodes.values():
             entry["train-payload-bytes-down"] = entry["payload-bytes-down"]
         trained = {m.metadata.dst_node_id for m in train_msgs}
-        replies = self._send(grid, train_msgs + self._due_evaluations(trained))
+        replies = self._send(grid, train_msgs + due_evaluations(self, trained))
         if self._pending is not None:
             replies, evals = split_replies(replies)
             pending, current, self.current = self._pending, self.current, self._pending.ledger()
@@ -621,7 +571,7 @@ class FedhetStrategy(MethodHooks, Strategy):
             ):
                 strategy_state = self.state_dict()
                 if self._pending is not None:
-                    strategy_state = {**strategy_state, _PENDING_KEY: self._pending.to_state()}
+                    strategy_state = {**strategy_state, PENDING_KEY: self._pending.to_state()}
                 state = checkpoint_state(
                     server_round, self.name, self.global_arrays, strategy_state, self.totals
                 )

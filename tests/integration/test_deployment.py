@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,21 @@ def run_diagnostics(fleet: LocalFleet, run_id: int) -> str:
 def wait_for_lines(
     fleet: LocalFleet, run_id: int, path: Path, count: int, timeout: float, what: str
 ) -> None:
-    """Wait (bounded) until ``path`` has ``count`` lines; fail early if the run ends.
+    """Wait (bounded) until ``path`` has ``count`` lines; fail early if the run ends."""
+    wait_until(fleet, run_id, lambda: len(json_lines(path)) >= count, timeout, what)
 
-    The file is polled; ``flwr ls`` (a CLI process, costly on 2 shared cores) every 20 s.
+
+def wait_until(
+    fleet: LocalFleet, run_id: int, ready: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """Wait (bounded) until ``ready()``; fail early if the run ends.
+
+    Polled every 0.5 s; ``flwr ls`` (a CLI process, costly on 2 shared cores) every 20 s.
     """
     deadline = time.monotonic() + timeout
     next_status_check = time.monotonic() + 20.0
     while time.monotonic() < deadline:
-        if len(json_lines(path)) >= count:
+        if ready():
             return
         if time.monotonic() > next_status_check:
             status = fleet.run_status(run_id)
@@ -175,7 +183,10 @@ def test_fedavg_run_survives_dead_node_and_registers_new_one(
     assert rogue.process is not None
     rogue_proc = rogue.process.process()
     assert rogue_proc is not None
-    wait_for_lines(fleet, run_id, metrics, 1, FIRST_ROUND_S, "round 1")
+    # Round 1's training is done when its checkpoint exists (its metrics line waits for the
+    # fused evaluation carried by round 2's train replies).
+    round_1 = run_dir / "checkpoints" / "round-1.pt"
+    wait_until(fleet, run_id, round_1.exists, FIRST_ROUND_S, "round 1")
     dead: NodeRecord = fleet.node(1)
     fleet.kill_node(1)  # SIGKILL right after round 1: a power cut
 

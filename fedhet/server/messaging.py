@@ -119,21 +119,25 @@ def send_and_receive(
     by_id: dict[str, Message] = {}
     dst = out.dst
     tries: dict[int, int] = {}
+    #: Position of each message id's original message in ``msgs`` (a re-send inherits it).
+    position: dict[str, int] = {}
 
-    def push(batch: list[Message]) -> None:
-        for msg, mid in zip(batch, grid.push_messages(batch), strict=False):
+    def push(batch: list[Message], positions: list[int]) -> None:
+        for msg, pos, mid in zip(batch, positions, grid.push_messages(batch), strict=False):
             if not mid:  # Flower returns None for a message it could not push
                 log.warning("message to node %s could not be pushed", msg.metadata.dst_node_id)
                 continue
             by_id[mid] = msg
             dst[mid] = msg.metadata.dst_node_id
+            position[mid] = pos
 
-    push(msgs)
+    push(msgs, list(range(len(msgs))))
     pending = set(by_id)
     replies = out.replies
     interval = FIRST_INTERVAL_S
     while pending:
         retry: list[Message] = []
+        retry_at: list[int] = []
         for reply in grid.pull_messages(sorted(pending)):
             mid = reply.metadata.reply_to_message_id
             if mid not in pending:
@@ -150,16 +154,20 @@ def send_and_receive(
                     tries[node] + 1,
                 )
                 retry.append(_copy(by_id[mid]))
+                retry_at.append(position[mid])
                 continue
             replies.append(reply)
         if retry:
             before = set(by_id)
-            push(retry)
+            push(retry, retry_at)
             pending |= set(by_id) - before
         if not pending or time.time() >= end:
             break
         time.sleep(min(interval, max(0.0, end - time.time())))
         interval = min(interval * 2, max_interval)
+    # Replies in the order their messages were sent, not the order the message ids sort or the
+    # replies arrive in: aggregation and K-means inputs stay bit-reproducible (METHODS §0).
+    replies.sort(key=lambda r: position[r.metadata.reply_to_message_id])
     return out
 
 

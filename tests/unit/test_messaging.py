@@ -103,3 +103,21 @@ def test_retries_are_bounded() -> None:
     out = send_and_receive(grid, _msgs([1]), timeout=5.0, max_retries=2)
     assert len(grid.pushed) == 3 and out.replies[0].has_error()
     assert is_transient(out.replies[0])
+
+
+def test_replies_come_back_in_the_order_the_messages_were_sent() -> None:
+    """Pulled replies follow their random message ids; the exchange must not (K-means and
+    aggregation inputs would change order from run to run: found as FL-TAC clusters differing
+    between two identical runs)."""
+    nodes = list(range(20, 0, -1))
+    exchange = send_and_receive(FakeGrid(delay=0.0), _msgs(nodes), timeout=5.0)
+    by_mid = exchange.dst
+    assert [by_mid[r.metadata.reply_to_message_id] for r in exchange.replies] == nodes
+
+
+def test_a_resent_message_keeps_its_place() -> None:
+    flaky = {3: Error(code=3, reason="transient")}
+    nodes = [5, 3, 1]
+    exchange = send_and_receive(FakeGrid(delay=0.0, flaky=flaky), _msgs(nodes), timeout=5.0)
+    assert [exchange.dst[r.metadata.reply_to_message_id] for r in exchange.replies] == nodes
+    assert not any(r.has_error() for r in exchange.replies)

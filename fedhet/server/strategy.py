@@ -222,7 +222,9 @@ class FedhetStrategy(MethodHooks, Strategy):
     # ------------------------------------------------------------------------------------------
     def sample(self, grid: Grid, server_round: int, fraction: float, purpose: str) -> list[Node]:
         """Seeded sample of live, available nodes (see :func:`sample_nodes`): training draws from
-        the participating ones, evaluation from all (the same devices for every method)."""
+        the participating ones; evaluation from all (every device can run the shared global
+        model, so every method is evaluated on the same devices), except for personalised methods,
+        where a device that does not participate has no model of its own to evaluate."""
         live = set(grid.get_node_ids())
         return sample_nodes(
             self.nodes,
@@ -231,7 +233,7 @@ class FedhetStrategy(MethodHooks, Strategy):
             server_round,
             fraction,
             purpose,
-            eligible_only=purpose == "train",
+            eligible_only=purpose == "train" or self.personalised,
             size_of_all=self.sample_size_of_all,
         )
 

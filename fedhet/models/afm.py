@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from pydantic import field_validator
 
 from fedhet.models.catalog import AFM_ARCHS
+from fedhet.plan import Knobs
 
 if TYPE_CHECKING:
     from fedhet.models.cnn import AFMExtractor, AFMNet
@@ -148,3 +151,50 @@ def build_extractor(arch: str, in_channels: int = 1) -> AFMExtractor:
 
     c2, h1 = AFM_ARCHS[check_arch(arch)]
     return AFMExtractor(c2, h1, in_channels)
+
+
+class ArchKnobs(Knobs):
+    """Plan knobs of the methods whose devices each run their own pFedAFM-family architecture
+    (pFedAFM and its Standalone baseline; METHODS.md §2, pFedAFM row). Each method subclasses it
+    so its plan has its own type.
+
+    Attributes
+    ----------
+    arch : str or None
+        The device's local architecture (``afm_cnn1…5``); ``None`` when its memory fits none.
+    rule : str
+        Which rule chose it: ``budget``, ``index`` or ``declared``.
+    infeasible : str
+        Why the device can hold no architecture ('' when it can); such a device replies
+        ``infeasible`` (METHODS.md §2).
+    """
+
+    arch: str | None = None
+    rule: Literal["budget", "index", "declared"] = "budget"
+    infeasible: str = ""
+
+    @field_validator("arch")
+    @classmethod
+    def _family(cls, v: str | None) -> str | None:
+        """An architecture outside the family fails (server when planning, device when reading)."""
+        return None if v is None else check_arch(v)
+
+
+AK = TypeVar("AK", bound=ArchKnobs)
+
+
+def arch_knobs(
+    knobs_model: type[AK],
+    assignment: str,
+    time: float,
+    memory: float,
+    *,
+    index: int | None,
+    declared: str | None,
+) -> AK:
+    """``knobs_model`` knobs of one device (see :func:`choose_arch`)."""
+    choice = choose_arch(time, memory, assignment=assignment, index=index, declared=declared)
+    rule: Literal["budget", "index", "declared"] = (
+        "declared" if choice.rule == "declared" else "index" if choice.rule == "index" else "budget"
+    )
+    return knobs_model(arch=choice.arch, rule=rule, infeasible=choice.reason)

@@ -11,12 +11,10 @@ models and α never reach it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Message, MetricRecord
 
 from fedhet.config import ConfigError, RunConfig
 from fedhet.core.aggregate import Contribution, weighted_mean
@@ -24,18 +22,17 @@ from fedhet.core.seeding import derive_seed
 from fedhet.core.summaries import mean_by_group, mean_over_devices
 from fedhet.methods.pfedafm import wire
 from fedhet.methods.pfedafm.config import PfedafmConfig
-from fedhet.methods.pfedafm.plan import PfedafmKnobs, plan_knobs
-from fedhet.models.afm import AFM_REFERENCE, build_extractor, reference_bytes, relative_sizes
+from fedhet.methods.pfedafm.plan import PfedafmKnobs
+from fedhet.models.afm import AFM_REFERENCE, ArchKnobs, build_extractor, relative_sizes
 from fedhet.models.cnn import AFM_ARCHS
-from fedhet.plan import Budget, FleetReference, Knobs
-from fedhet.profile import DeviceProfile
+from fedhet.server.archs import ArchFamilyStrategy
 from fedhet.server.run_dir import RunDir
-from fedhet.server.strategy import FedhetStrategy, Node, Reply
+from fedhet.server.strategy import Node, Reply
 
 log = logging.getLogger("fedhet")
 
 
-class PfedafmStrategy(FedhetStrategy):
+class PfedafmStrategy(ArchFamilyStrategy):
     """pFedAFM (arXiv 2404.17847) on the fedhet base strategy.
 
     Plan (METHODS.md §2): knob ``arch`` from ``pfedafm.arch-assignment`` (``budget``: largest
@@ -50,9 +47,8 @@ class PfedafmStrategy(FedhetStrategy):
     ``alpha-mean``, and per architecture ``eval-accuracy-<arch>``, ``alpha-mean-<arch>``.
     """
 
-    knobs_model: ClassVar[type[Knobs]] = PfedafmKnobs
+    knobs_model: ClassVar[type[ArchKnobs]] = PfedafmKnobs
     name: ClassVar[str] = "pfedafm"
-    personalised: ClassVar[bool] = True
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None) -> None:
         if cfg.shared.model not in AFM_ARCHS:
@@ -62,6 +58,7 @@ class PfedafmStrategy(FedhetStrategy):
                 f"{', '.join(AFM_ARCHS)} (default afm_cnn5)"
             )
         self.acfg: PfedafmConfig = cfg.method_as(PfedafmConfig)
+        self.arch_assignment = self.acfg.arch_assignment
         super().__init__(cfg, run_dir)
 
     # hooks ------------------------------------------------------------------------------------
@@ -71,47 +68,17 @@ class PfedafmStrategy(FedhetStrategy):
         g = build_extractor(self.shared.model)
         return {k: v.detach().cpu().numpy().copy() for k, v in g.state_dict().items()}
 
-    def fleet_reference(self) -> FleetReference:
-        """Budgets are fractions of training CNN-1, the family's largest model."""
-        n_bytes = reference_bytes()
-        fastest = min(
-            (n.profile.bench_ms for n in self.nodes.values() if n.profile.bench_ms), default=None
-        )
-        return FleetReference(n_bytes, 4 * n_bytes, fastest)
-
-    def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, Knobs, str]:
-        """The device's architecture; a declared ``arch`` outside the family excludes it."""
-        try:
-            knobs = plan_knobs(
-                self.acfg.arch_assignment,
-                budget.time,
-                budget.memory,
-                index=profile.partition_id,
-                declared=profile.arch,
-            )
-        except ValueError as exc:
-            log.error("device %s left out: %s", profile.device_id, exc)
-            return False, PfedafmKnobs(rule="declared", infeasible=str(exc)), str(exc)
-        if knobs.arch is None:
-            log.warning(
-                "device %s: %s; it will reply infeasible", profile.device_id, knobs.infeasible
-            )
-        return True, knobs, knobs.infeasible
-
-    def _mark(self, node: Node) -> None:
-        self.current.node(node)["arch"] = node.plan.knobs.get("arch")
-
     def train_payload(
         self, node: Node, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """θ^{t−1}, dense (METHODS.md §5.3); the plan (with ``arch``) goes in the config."""
-        self._mark(node)
+        self.mark_arch(node)
         return self.global_arrays, {}
 
     def eval_payload(
         self, node: Node, server_round: int
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        self._mark(node)
+        self.mark_arch(node)
         return self.global_arrays, {}
 
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
@@ -129,33 +96,11 @@ class PfedafmStrategy(FedhetStrategy):
         if contribs:
             self.global_arrays = weighted_mean(contribs, self.global_arrays)
 
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """``eval-accuracy`` = mean over devices of personalised local-test accuracy (§5.5).
-
-        Beside it: ``eval-accuracy-pooled`` (Σ correct / Σ samples), ``eval-g-accuracy`` (mean
-        over devices of the G-only path h_k(G(x))) and ``eval-accuracy-<arch>``.
-        """
-        pooled = super().aggregate_evaluate(server_round, replies)
-        if pooled is None:
-            return None
-        evaluated = [e for e in self.current.nodes.values() if e.get("eval-examples")]
+    def evaluation_extras(self, evaluated: list[dict[str, Any]]) -> dict[str, float]:
+        """``eval-g-accuracy``: mean over devices of the G-only path h_k(G(x)) (METHODS.md §5.2)."""
         for e in evaluated:
             e["eval-g-accuracy"] = int(e.get(wire.EVAL_G_CORRECT, 0)) / int(e["eval-examples"])
-        out = dict(pooled)
-        out["eval-accuracy-pooled"] = out["eval-accuracy"]
-        out["eval-accuracy"] = mean_over_devices(evaluated, "eval-accuracy") or 0.0
-        out["eval-g-accuracy"] = mean_over_devices(evaluated, "eval-g-accuracy") or 0.0
-        self.current.extras["eval-g-accuracy"] = out["eval-g-accuracy"]
-        self.current.extras["eval-accuracy-pooled"] = out["eval-accuracy-pooled"]
-        for arch, value in mean_by_group(evaluated, "eval-accuracy", "arch").items():
-            self.current.extras[f"eval-accuracy-{arch}"] = value
-        return MetricRecord(out)
-
-    def server_evaluate(self, server_round: int) -> dict[str, float]:
-        """None: G has no classifier and every device has its own header."""
-        return {}
+        return {"eval-g-accuracy": mean_over_devices(evaluated, "eval-g-accuracy") or 0.0}
 
     def summary(self) -> None:
         super().summary()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -42,7 +43,6 @@ from fedhet.deploy.processes import (
     wait_port_closed,
     wait_until,
 )
-from fedhet.profile import measure_cores
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +321,8 @@ class LocalFleet(FleetState):
         else:
             runtime_port = find_free_port("127.0.0.1")
         sharing = max(1, self.num_partitions, index + 1)
-        threads = max(1, int(measure_cores()) // sharing)
+        # this package imports nothing else of fedhet: the host's usable cores, by affinity
+        threads = max(1, len(os.sched_getaffinity(0)) // sharing)
         # each ClientApp sets its torch/OpenMP threads from these (fedhet.client.runtime)
         node_config += f" threads={threads} supernodes-per-host={sharing}"
         node = NodeRecord(index, name, device_class, node_config, runtime_port, threads=threads)

@@ -21,7 +21,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 #: Packages a ClientApp on the image path must not import.
 HEAVY = ("sklearn", "scipy", "transformers", "peft", "pandas", "matplotlib")
-#: The benchmark run's settings (benchmarks.deployment.RUN_CONFIG without the import cycle).
+#: The benchmark run's settings; benchmarks.deployment.RUN_CONFIG extends them.
 RUN: dict[str, Any] = {
     "method": "fedavg",
     "dataset": "digits",

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.coldstart import RUN as COLD_START_RUN
 from benchmarks.coldstart import measure as measure_cold_start
 from benchmarks.common import RESULTS, absolute_path, markdown_table, run_method, write_result
 from fedhet.deploy.fleet import node_config_string
@@ -58,14 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 SUPERNODE_POLL_S = 3.0
 #: The run (flat Flower run config); identical in the three modes.
 RUN_CONFIG: dict[str, Any] = {
-    "method": "fedavg",
-    "dataset": "digits",
-    "model": "cnn_s",
-    "local-steps": 10,
-    "batch-size": 32,
-    "max-train-per-client": 300,
-    "local-test-size": 100,
-    "profile-bench": False,
+    **COLD_START_RUN,
     "fraction-evaluate": 1.0,
     "round-timeout": 300.0,
 }

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedhet.deploy.flwr_cli import run_log, run_status, submit_run
+from fedhet.deploy.processes import FleetError
 from fedhet.deploy.simlink import SimSuperLink
 
 console = Console()
@@ -136,13 +137,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"[bold]fedhet demo[/]: {args.method}, {args.nodes} simulated devices, "
         f"{args.rounds} rounds → {out / run_name}"
     )
-    status, run_id = run_simulation(
-        overrides,
-        nodes=args.nodes,
-        run_dir=out / run_name,
-        rounds=args.rounds,
-        ray_address=args.ray_address or None,
-    )
+    try:
+        status, run_id = run_simulation(
+            overrides,
+            nodes=args.nodes,
+            run_dir=out / run_name,
+            rounds=args.rounds,
+            ray_address=args.ray_address or None,
+        )
+    except (ValueError, FleetError) as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
     console.print(f"run {run_id}: status [bold]{status}[/]")
     if status != "finished:completed":
         console.print("[red]the run did not complete[/]")

@@ -26,6 +26,7 @@ from fedhet.deploy.processes import (
     flower_env,
     spawn,
     terminate,
+    wait_for_port,
     wait_until,
 )
 
@@ -33,6 +34,26 @@ log = logging.getLogger(__name__)
 
 #: Connection name written to ``$FLWR_HOME/config.toml``.
 CONNECTION = "fedhet-sim"
+#: Seconds to wait for an existing Ray cluster's GCS port to accept a connection.
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def parse_ray_address(address: str) -> tuple[str, int]:
+    """Split a Ray cluster address ``host:port`` (the GCS of ``ray start --head``).
+
+    Raises
+    ------
+    ValueError
+        Not ``host:port`` with a port in 1..65535 (Ray client ``ray://`` addresses, ``auto``
+        and ``local`` are not accepted: the simulation joins a cluster's GCS directly).
+    """
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"--ray-address {address!r}: expected host:port of a Ray cluster's GCS "
+            "(the address `ray start --head` prints), e.g. 127.0.0.1:6380"
+        )
+    return host.strip("[]"), int(port)
 
 
 class SimSuperLink:
@@ -50,7 +71,9 @@ class SimSuperLink:
         An existing Ray cluster (``host:port`` of its GCS, as ``ray start --head`` prints) for the
         simulation to join instead of starting its own Ray on this host. Flower 1.41's backend
         init args have no address, so it reaches ``ray.init`` as ``RAY_ADDRESS`` in the
-        SuperLink's environment (inherited by ``flwr-simulation``).
+        SuperLink's environment (inherited by ``flwr-simulation``). Checked on construction
+        (``ValueError`` when not ``host:port``) and on :meth:`start` (``FleetError`` when nothing
+        answers there), so a wrong address fails at once instead of in ``ray.init`` inside the run.
     """
 
     def __init__(
@@ -62,6 +85,8 @@ class SimSuperLink:
     ) -> None:
         self.flwr_home = Path(flwr_home)
         self.ray_address = ray_address
+        if ray_address:
+            parse_ray_address(ray_address)
         self.num_supernodes = num_supernodes
         self.num_cpus = num_cpus
         self.record: ProcessRecord | None = None
@@ -100,8 +125,17 @@ class SimSuperLink:
         Raises
         ------
         FleetError
-            It exited or did not answer within ``timeout`` seconds (log tail included).
+            It exited or did not answer within ``timeout`` seconds (log tail included), or
+            ``ray_address`` is set and no Ray cluster accepts connections there.
         """
+        if self.ray_address:
+            host, port = parse_ray_address(self.ray_address)
+            if not wait_for_port(host, port, RAY_CONNECT_TIMEOUT_S):
+                raise FleetError(
+                    f"no Ray cluster answers at {self.ray_address} (nothing accepted a "
+                    f"connection within {RAY_CONNECT_TIMEOUT_S:.0f}s): start it with "
+                    "`ray start --head --port <port>` or fix --ray-address"
+                )
         self.stop_stale()
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self.port = find_free_port()

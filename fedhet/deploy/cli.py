@@ -90,6 +90,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="largest request the front door accepts, MB (default %(default)s)",
     )
     start.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="one fork server per SuperNode keeps torch/NumPy/Flower imported and forks each "
+        "ClientApp (fedhet.deploy.forkserver; pinned to Flower 1.41's flwr-clientapp entry)",
+    )
+    start.add_argument(
         "--node-config",
         default="",
         help="extra node config for every node, e.g. 'data-path=\"/d\"'",
@@ -253,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extra_node_config=args.node_config,
                 front_door=not args.no_front_door,
                 max_body_mb=args.max_body_mb,
+                warm_start=args.warm_start,
             )
             try:
                 fleet.start(args.nodes, num_partitions=args.num_partitions)

@@ -68,6 +68,8 @@ class NodeRecord:
     threads : int | None
         ``OMP_NUM_THREADS`` of its ClientApps: the host's cores divided by the SuperNodes
         sharing it.
+    warm : ProcessRecord | None
+        Its warm-start fork server (:mod:`fedhet.deploy.forkserver`), None without warm start.
     """
 
     index: int
@@ -80,6 +82,7 @@ class NodeRecord:
     node_id: int | None = None
     process: ProcessRecord | None = None
     threads: int | None = None
+    warm: ProcessRecord | None = None
 
 
 def default_state_dir() -> Path:
@@ -142,6 +145,9 @@ class FleetState:
         on ``host`` (development only).
     max_body_mb : int
         Largest request body the front door accepts.
+    warm_start : bool
+        Start each SuperNode with a fork server that keeps torch/NumPy/Flower imported and
+        forks one ClientApp per message (:mod:`fedhet.deploy.forkserver`). Off by default.
 
     """
 
@@ -156,6 +162,7 @@ class FleetState:
         extra_node_config: str = "",
         front_door: bool = True,
         max_body_mb: int = DEFAULT_MAX_BODY_MB,
+        warm_start: bool = False,
     ) -> None:
         if insecure and auth:
             logger.warning("--insecure: SuperNode authentication needs TLS, turning it off")
@@ -168,6 +175,7 @@ class FleetState:
         self.extra_node_config = extra_node_config
         self.front_door = front_door
         self.max_body_mb = max_body_mb
+        self.warm_start = warm_start
         self.port: int = base_port if base_port is not None else 0
         self.superlink_port: int = 0
         if base_port is not None:
@@ -277,6 +285,7 @@ class FleetState:
             "superlink_port": self.superlink_port,
             "front_door": self.front_door,
             "max_body_mb": self.max_body_mb,
+            "warm_start": self.warm_start,
             "extra_node_config": self.extra_node_config,
             "num_partitions": self.num_partitions,
             "connection_name": self.connection_name,
@@ -310,6 +319,7 @@ class FleetState:
             extra_node_config=state["extra_node_config"],
             front_door=bool(state.get("front_door", False)),
             max_body_mb=int(state.get("max_body_mb", DEFAULT_MAX_BODY_MB)),
+            warm_start=bool(state.get("warm_start", False)),
         )
         fleet.port = int(state["port"])
         fleet.superlink_port = int(state.get("superlink_port", state["port"]))
@@ -318,13 +328,20 @@ class FleetState:
         door = state.get("frontdoor")
         fleet.frontdoor = ProcessRecord(**door) if door else None
         for raw in state["nodes"]:
-            proc = raw.pop("process")
-            fleet.nodes.append(NodeRecord(**raw, process=ProcessRecord(**proc) if proc else None))
+            proc, warm = raw.pop("process"), raw.pop("warm", None)
+            fleet.nodes.append(
+                NodeRecord(
+                    **raw,
+                    process=ProcessRecord(**proc) if proc else None,
+                    warm=ProcessRecord(**warm) if warm else None,
+                )
+            )
         return fleet
 
     def processes(self) -> list[ProcessRecord]:
         """Processes this fleet started (ended ones included)."""
         records = [self.superlink, self.frontdoor] + [node.process for node in self.nodes]
+        records += [node.warm for node in self.nodes]
         return [record for record in records if record is not None]
 
     def running(self) -> bool:

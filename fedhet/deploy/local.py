@@ -24,11 +24,13 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedhet.deploy import flwr_cli
+from fedhet.deploy import flwr_cli, forkserver
 from fedhet.deploy.fleet import FleetState, NodeRecord, node_config_string
 from fedhet.deploy.frontdoor import FrontDoor, FrontDoorSite
 from fedhet.deploy.pki import write_node_key, write_pki
@@ -331,13 +333,52 @@ class LocalFleet(FleetState):
             node.private_key, node.public_key = str(private), str(public)
         return node
 
-    def _spawn_node(self, node: NodeRecord) -> None:
+    def _node_env(self, node: NodeRecord) -> dict[str, str]:
         env = self.env(node.name)
         if node.threads is not None:
             # Read by torch in each ClientApp process: the nodes share this host's cores.
             env["OMP_NUM_THREADS"] = str(node.threads)
+        if self.warm_start:
+            warm_dir = self.state_dir / "warm" / node.name
+            sock = warm_dir / "server.sock"
+            if len(str(sock)) > 100:  # AF_UNIX paths are limited to 107 bytes
+                sock = Path(tempfile.mkdtemp(prefix="fedhet-warm-")) / f"{node.name}.sock"
+            shim = Path(forkserver.write_shim(str(warm_dir / "bin")))
+            env[forkserver.SOCKET_ENV] = str(sock)
+            env[forkserver.FALLBACK_ENV] = console_script("flwr-clientapp")
+            # the SuperExec starts ``flwr-clientapp`` by name: the shim comes first on PATH
+            env["PATH"] = os.pathsep.join([str(shim.parent), env["PATH"]])
+        return env
+
+    def _start_warm(self, nodes: Sequence[NodeRecord], timeout: float = 120.0) -> None:
+        """Start the fork servers of ``nodes`` (all at once), then wait until each is ready."""
+        started: list[tuple[NodeRecord, ProcessRecord, Path]] = []
+        for node in nodes:
+            env = self._node_env(node)
+            command = [
+                sys.executable,
+                forkserver.__file__,
+                "serve",
+                "--socket",
+                env[forkserver.SOCKET_ENV],
+            ]
+            sock = Path(env[forkserver.SOCKET_ENV])
+            sock.unlink(missing_ok=True)  # a killed server leaves its socket behind
+            log = self.log_dir / f"{node.name}-warm.log"
+            node.warm = spawn(command, log, env, self.state_dir)
+            started.append((node, node.warm, sock))
+        for node, record, sock in started:
+            wait_until(record, sock.exists, timeout, f"{node.name} fork server on {sock}")
+
+    def _spawn_node(self, node: NodeRecord) -> None:
+        command = self.supernode_command(node)
+        if self.warm_start:  # the same arguments, through the tuned SuperNode entry
+            command = [sys.executable, forkserver.__file__, "supernode", *command[1:]]
         node.process = spawn(
-            self.supernode_command(node), self.log_dir / f"{node.name}.log", env, self.state_dir
+            command,
+            self.log_dir / f"{node.name}.log",
+            self._node_env(node),
+            self.state_dir,
         )
 
     def add_nodes(self, count: int, register: bool = True) -> list[NodeRecord]:
@@ -364,6 +405,8 @@ class LocalFleet(FleetState):
             keys = [Path(str(node.public_key)) for node in new_nodes]
             for node, node_id in zip(new_nodes, self.register_keys(keys), strict=True):
                 node.node_id = node_id
+        if self.warm_start:
+            self._start_warm(new_nodes)
         for node in new_nodes:
             self._spawn_node(node)
             self.nodes.append(node)
@@ -384,8 +427,7 @@ class LocalFleet(FleetState):
     def kill_node(self, index: int) -> None:
         """SIGKILL SuperNode ``index`` and its ClientApp processes (a device losing power)."""
         node = self.node(index)
-        if node.process is not None:
-            terminate([node.process], signal.SIGKILL)
+        terminate([p for p in (node.process, node.warm) if p is not None], signal.SIGKILL)
         self.save()
 
     def restart_node(self, index: int) -> NodeRecord:
@@ -393,6 +435,8 @@ class LocalFleet(FleetState):
         node = self.node(index)
         if node.process is not None and node.process.is_alive():
             raise FleetError(f"{node.name} is still running")
+        if self.warm_start:
+            self._start_warm([node])
         self._spawn_node(node)
         self.save()
         return node
@@ -400,6 +444,7 @@ class LocalFleet(FleetState):
     def stop(self) -> None:
         """Stop every SuperNode, the SuperLink, then the front door; only recorded PIDs."""
         terminate([node.process for node in self.nodes if node.process is not None])
+        terminate([node.warm for node in self.nodes if node.warm is not None])
         terminate([record for record in (self.superlink, self.frontdoor) if record is not None])
         self.save()
         logger.info("fleet in %s stopped", self.state_dir)
@@ -425,6 +470,7 @@ class LocalFleet(FleetState):
                 f"{node.name:<11} pid {node.process.pid if node.process else '-'} "
                 f"({'running' if alive else 'stopped'})  node-id {node.node_id}  "
                 f"runtime port {node.runtime_port}  [{node.node_config}]"
+                + (f"  warm-start pid {node.warm.pid}" if node.warm else "")
             )
         lines += [
             f"logs        {self.log_dir}",

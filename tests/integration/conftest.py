@@ -34,14 +34,10 @@ def have_flower_binaries() -> bool:  # the fixture skips without them
     return True
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
-    """SuperLink (TLS, node auth, database, loopback), front door + 3 SuperNodes, free ports.
-
-    The processes inherit a ``HOME`` and ``XDG_CACHE_HOME`` inside pytest's base temp folder
-    (the same ones the autouse ``_isolated_cache`` fixture sets), so ClientApp caches never
-    touch the user's home.
-    """
+def running_fleet(
+    tmp_path_factory: pytest.TempPathFactory, warm_start: bool = False
+) -> Iterator[LocalFleet]:
+    """Start the module's fleet (see :func:`fleet`), yield it, stop it and check nothing is left."""
     if not have_flower_binaries():
         pytest.skip("flwr CLIs not installed")
     if find_nginx() is None:
@@ -51,7 +47,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
         )
     base = tmp_path_factory.getbasetemp()
     state_dir = tmp_path_factory.mktemp("fleet")
-    local = LocalFleet(state_dir)
+    local = LocalFleet(state_dir, warm_start=warm_start)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("XDG_CACHE_HOME", str(base / "cache"))
         env.setenv("HOME", str(base / "home"))
@@ -62,3 +58,20 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
             local.stop()
             leftovers = [r for r in local.processes() if r.is_alive()]
             assert not leftovers, f"processes left running: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+    """SuperLink (TLS, node auth, database, loopback), front door + 3 SuperNodes, free ports.
+
+    The processes inherit a ``HOME`` and ``XDG_CACHE_HOME`` inside pytest's base temp folder
+    (the same ones the autouse ``_isolated_cache`` fixture sets), so ClientApp caches never
+    touch the user's home.
+    """
+    yield from running_fleet(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def warm_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+    """The same fleet started with the warm start (fedhet/deploy/forkserver.py)."""
+    yield from running_fleet(tmp_path_factory, warm_start=True)

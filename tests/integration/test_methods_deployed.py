@@ -2,11 +2,12 @@
 
 "The same code in simulation and deployment" checked per method, not only for FedAvg: one fleet
 (tests/integration/conftest.py: SuperLink with TLS, SuperNode authentication and a database
-behind the nginx front door, 3 SuperNodes) is started once for this module, and each method's
+behind the nginx front door, 3 SuperNodes) is started once for this module with the warm start (fedhet/deploy/forkserver.py: Flower's own
+``flwr-clientapp`` entry, forked from a process that has torch and Flower imported), and each method's
 2-round run is submitted with ``flwr run`` after the previous one finished. Settings are the
 in-process matrix's tiny ones (tests/methods/helpers.py: digits and 2 local steps for image
-methods, synthetic-text and tiny-bert for text methods), so the module's time is mostly one
-fresh ``flwr-clientapp`` process per message. Each run must end ``finished:completed`` with two
+methods, synthetic-text and tiny-bert for text methods), so the module's time is mostly
+Flower's message path. Each run must end ``finished:completed`` with two
 ``metrics.jsonl`` lines, devices trained in both rounds, no dropped reply, and a federated
 evaluation of the final model.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,8 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_method_runs_deployed(fleet: LocalFleet, outputs: Path, method: str) -> None:
+def test_method_runs_deployed(warm_fleet: LocalFleet, outputs: Path, method: str) -> None:
+    fleet = warm_fleet
     start = time.monotonic()
     run_id = fleet.submit_run(REPO, overrides(method, outputs))
     status = fleet.wait_for_run(run_id, timeout=RUN_TIMEOUT_S, poll=0.5)
@@ -93,3 +96,14 @@ def test_method_runs_deployed(fleet: LocalFleet, outputs: Path, method: str) -> 
     evaluated = [n for n in final["nodes"] if n.get("eval-examples")]
     assert evaluated, f"{method}: no device evaluated the final model"
     print(f"{method}: 2 rounds deployed in {elapsed:.1f} s")
+
+
+def test_every_clientapp_ran_forked_from_the_warm_start(warm_fleet: LocalFleet) -> None:
+    """The runs above went through each node's fork server, and every ClientApp exited 0."""
+    for node in warm_fleet.nodes:
+        log = (warm_fleet.log_dir / f"{node.name}-warm.log").read_text()
+        forked = re.findall(r"forked pid (\d+)", log)
+        exits = re.findall(r"pid (\d+) exited with (-?\d+)", log)
+        assert len(forked) >= 2 * len(METHODS), (node.name, len(forked))
+        assert {pid for pid, _ in exits} == set(forked), node.name
+        assert [code for _, code in exits if code != "0"] == [], node.name

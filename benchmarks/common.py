@@ -47,6 +47,11 @@ def parse_args(
     parser.add_argument("--jobs", type=int, default=2, help="methods run in parallel")
     parser.add_argument("--seed", type=int, default=0, help="first run seed")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read runs already finished in OUT/raw with the same config instead of rerunning",
+    )
+    parser.add_argument(
         "--seeds",
         type=int,
         default=1,
@@ -136,15 +141,24 @@ def run_method(
     num_nodes: int,
     node_extra: list[dict[str, Any]] | None = None,
     out: Path = RESULTS,
+    reuse: bool = False,
     **config: Any,
 ) -> list[dict[str, Any]]:
-    """Run ``method`` from scratch on ``num_nodes`` simulated devices; return the metrics lines."""
+    """Run ``method`` from scratch on ``num_nodes`` simulated devices; return the metrics lines.
+
+    With ``reuse``, a run folder that already holds a finished run of exactly this config
+    (:func:`finished_run`) is read instead of run again (``--reuse``: a long tier stopped
+    part-way loses only its unfinished run).
+    """
     raw = default_run_config(
         method=method, run_name=run_name, output_dir=str(out / "raw" / bench), min_nodes=num_nodes
     )
     for key, value in config.items():
         raw[key if "." in key else key.replace("_", "-")] = value
     run_dir = out / "raw" / bench / run_name
+    if reuse and (done := finished_run(run_dir, raw)) is not None:
+        log.info("%s/%s: reusing the finished run in %s", bench, run_name, run_dir)
+        return done
     shutil.rmtree(run_dir, ignore_errors=True)
     node_cfgs = simulated_node_configs(num_nodes)
     for cfg_i, extra in zip(node_cfgs, node_extra or [{}] * num_nodes, strict=True):
@@ -153,6 +167,22 @@ def run_method(
     strategy = run_local(raw, node_cfgs, run_dir)
     log.info("%s/%s finished in %.1f s", bench, run_name, time.time() - start)
     return strategy.history
+
+
+def finished_run(run_dir: Path, raw: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The ``metrics.jsonl`` lines of a finished run in ``run_dir`` whose saved ``config.json``
+    equals ``raw``, else None (no run, another config, or fewer rounds than configured)."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except (OSError, ValueError):
+        return None
+    if saved != json.loads(json.dumps(raw)):
+        return None
+    rows = [json.loads(line) for line in lines if line.strip()]
+    if [r.get("round") for r in rows] != list(range(1, int(raw["num-server-rounds"]) + 1)):
+        return None
+    return rows
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -113,17 +113,17 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
 
 
-def _run_one(job: tuple[str, str, bool, str, int]) -> dict[str, Any]:
-    label, split, quick, out, seed = job
+def _run_one(job: tuple[str, str, bool, str, int, bool]) -> dict[str, Any]:
+    label, split, quick, out, seed, reuse = job
     setup(1)
     method, keys = METHODS[label]
     config = {**settings(quick), **SPLITS[split], **keys, "seed": seed}
     run_name = f"{'quick' if quick else 'ref'}-{split}-{_slug(label)}-s{seed}"
-    start = time.time()
     history = run_method(
-        "pfedafm", run_name, method, num_nodes=NUM_CLIENTS, out=Path(out), **config
+        "pfedafm", run_name, method, num_nodes=NUM_CLIENTS, out=Path(out), reuse=reuse, **config
     )
-    return summarise(label, split, seed, history, time.time() - start)
+    # the rounds' own wall times: they also hold for a run read back with --reuse
+    return summarise(label, split, seed, history, sum(float(r["wall-seconds"]) for r in history))
 
 
 def summarise(
@@ -505,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup(1)
     seeds = list(range(args.seed, args.seed + extra.seeds))
     jobs = [
-        (label, split, args.quick, str(args.out), seed)
+        (label, split, args.quick, str(args.out), seed, args.reuse)
         for seed in seeds
         for split in splits
         for label in args.labels

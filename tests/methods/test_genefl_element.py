@@ -233,3 +233,20 @@ def test_bad_element_scores_are_dropped_never_used(tmp_path: Path, monkeypatch) 
     assert "NaN" in reasons[next(n for n, v in victims.items() if v == "nan")]
     assert seen == [len(grid.contexts) - len(victims)]  # the bad vectors never entered the merge
     assert strategy.gene_size == max(1, math.floor(strategy.mcfg.rho * _param_entries(strategy)))
+
+
+def test_probe_signature_over_masked_entries_only() -> None:
+    from fedhet.core.fisher import probe_signature
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # the bias has no masked entry, so it is not in the reference and not in the signature
+    masks = {"weight": torch.tensor([True, False, False, True, True, False])}
+    ref = {"weight": start["weight"].reshape(-1)[masks["weight"]]}
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    sig = probe_signature(model, ref, [(x, y)], lr=0.5, masks=masks)
+    moved = model.weight.detach().reshape(-1) - start["weight"].reshape(-1)
+    want = moved[masks["weight"]] / moved[masks["weight"]].norm()
+    assert sig.shape == (3,)
+    assert np.allclose(sig, want.numpy(), atol=1e-6)

@@ -250,3 +250,50 @@ def test_probe_signature_over_masked_entries_only() -> None:
     want = moved[masks["weight"]] / moved[masks["weight"]].norm()
     assert sig.shape == (3,)
     assert np.allclose(sig, want.numpy(), atol=1e-6)
+
+
+def test_element_penalty_covers_masked_entries_only() -> None:
+    from fedhet.core.fisher import (
+        fisher_masks,
+        layer_tie_weights,
+        learngene_penalty,
+        normalise_fisher,
+    )
+    from fedhet.methods.genefl.client import element_scope, masked_view
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    shapes = element.param_shapes(state, [n for n, _ in model.named_parameters()])
+    flat = np.zeros(element.num_entries(shapes), dtype=bool)  # 6 + 2 + 4 + 2 entries
+    flat[[0, 4, 8, 11]] = True  # 0.weight[0,0], 0.weight[1,1], 1.weight[0,0], 1.weight[1,1]
+    masks = element.split_mask(flat, shapes)
+    sel, ref, per_layer = element_scope(masks, element.gather(state, masks))
+    assert list(sel) == ["0.weight", "1.weight"] and per_layer == {
+        "0": ["0.weight"],
+        "1": ["1.weight"],
+    }
+    fisher_hat = normalise_fisher({n: torch.arange(1.0, i.numel() + 1) for n, i in sel.items()})
+    assert float(torch.cat(list(fisher_hat.values())).mean()) == pytest.approx(1.0)
+    tie_mask = fisher_masks(fisher_hat, 0.5)
+    betas = layer_tie_weights(fisher_hat, per_layer, 0.01)
+    params = dict(model.named_parameters())
+
+    def penalty() -> torch.Tensor:
+        return learngene_penalty(
+            masked_view(params, sel), ref, per_layer, betas, fisher_hat, tie_mask, 1.0
+        )
+
+    assert float(penalty()) == 0.0
+    with torch.no_grad():
+        params["0.weight"].view(-1)[1] += 5.0  # not in the learnGene: personal, untied
+        params["0.bias"] += 5.0
+    assert float(penalty()) == 0.0
+    with torch.no_grad():
+        params["0.weight"].view(-1)[4] += 1.0  # a learnGene entry: tied to Θ_k
+    loss = penalty()
+    assert float(loss) > 0
+    loss.backward()
+    grad = params["0.weight"].grad
+    assert grad is not None
+    assert torch.nonzero(grad.reshape(-1)).reshape(-1).tolist() == [4]

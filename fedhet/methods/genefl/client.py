@@ -132,6 +132,26 @@ def element_masks(
     return element.split_mask(flat, shapes)
 
 
+def element_scope(
+    masks: dict[str, np.ndarray], gene: dict[str, np.ndarray]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Element mode's 𝓖: ``(flat indices per parameter, Θ_k's values per parameter, layer →
+    parameters)``, over the parameters with masked entries, model order."""
+    sel = {n: torch.from_numpy(np.flatnonzero(m)) for n, m in masks.items() if m.any()}
+    ref = {n: torch.from_numpy(v.copy()) for n, v in element.per_tensor(gene, masks).items()}
+    per_layer: dict[str, list[str]] = {}
+    for n in sel:
+        per_layer.setdefault(layer_of(n), []).append(n)
+    return sel, ref, per_layer
+
+
+def masked_view(
+    params: dict[str, torch.Tensor], sel: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The masked entries of each parameter as 1-D tensors (differentiable gathers)."""
+    return {n: params[n].reshape(-1)[i] for n, i in sel.items()}
+
+
 def _load_personal(ctx: ClientContext) -> dict[str, np.ndarray] | None:
     rec = ctx.context.state.array_records.get(wire.STATE_PERSONAL)
     return None if rec is None else {k: v.numpy() for k, v in rec.items()}
@@ -334,19 +354,14 @@ def _gene(msg: Message, ctx: ClientContext, cfg: dict[str, Any]) -> RecordDict:
         log.warning("device %s: no personal model in state; newcomer init", ctx.device_id)
         personal = newcomer_state(ctx, gene, split.train.num_classes, emasks)
     if emasks is not None:  # 𝓖 = the masked entries: every sum over 𝓖 runs over them (1-D views)
-        sel = {n: torch.from_numpy(np.flatnonzero(m)) for n, m in emasks.items() if m.any()}
-        param_keys = list(sel)
         keys = [wire.VALUES]
         if sorted(gene) != keys:
             raise ValueError(f"received learnGene arrays {sorted(gene)[:3]}, expected {keys}")
         model.load_state_dict(
             numpy_to_state({**personal, **element.scatter(gene, emasks, personal)})
         )
-        vals = element.per_tensor(gene, emasks)
-        ref = {n: torch.from_numpy(v.copy()) for n, v in vals.items()}
-        per_layer: dict[str, list[str]] = {}
-        for n in param_keys:
-            per_layer.setdefault(layer_of(n), []).append(n)
+        sel, ref, per_layer = element_scope(emasks, gene)
+        param_keys = list(sel)
     else:
         keys, param_keys = gene_keys(model, layers)
         if sorted(gene) != sorted(keys):
@@ -366,9 +381,7 @@ def _gene(msg: Message, ctx: ClientContext, cfg: dict[str, Any]) -> RecordDict:
 
     def theta() -> dict[str, torch.Tensor]:
         """θ over 𝓖: the parameters, or (element mode) their masked entries (differentiable)."""
-        if sel is None:
-            return params
-        return {n: params[n].reshape(-1)[i] for n, i in sel.items()}
+        return params if sel is None else masked_view(params, sel)
 
     steps = _steps(ctx, msg, len(split.train))
     opt = torch.optim.SGD(model.parameters(), lr=lr)  # fresh optimiser every call (§0)

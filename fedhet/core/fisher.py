@@ -341,6 +341,7 @@ def probe_signature(
     lr: float,
     mode: str = "update",
     step_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+    masks: Mapping[str, Tensor] | None = None,
 ) -> np.ndarray:
     """Train ``model`` with plain CE on ``batches`` and return its unit-norm signature.
 
@@ -362,11 +363,15 @@ def probe_signature(
         s = θ[𝓖]/‖θ[𝓖]‖₂.
     step_fn : callable, optional
         Loss of one batch (default cross-entropy of ``model(x)``).
+    masks : dict[str, Tensor], optional
+        Element learnGene: per parameter a flat boolean mask (or flat indices) of its learnGene
+        entries; ``reference`` then holds those entries' values (1-D) and s covers them only.
 
     Returns
     -------
     numpy.ndarray
         float32 vector of Σ|reference| values (zeros if θ did not move in ``update`` mode).
+        Signatures compare only when every prober used the same ``reference`` layout.
     """
     if mode not in ("update", "weights"):
         raise ValueError(f"probe mode must be 'update' or 'weights', got {mode!r}")
@@ -382,6 +387,8 @@ def probe_signature(
         parts = []
         for name, ref in reference.items():
             theta = params[name].detach().reshape(-1).float()
+            if masks is not None and name in masks:
+                theta = theta[masks[name]]
             parts.append(theta - ref.reshape(-1).float() if mode == "update" else theta)
         vec = torch.cat(parts) if parts else torch.zeros(0)
         norm = float(vec.norm())

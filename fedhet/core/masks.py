@@ -77,6 +77,36 @@ def topk_threshold(scores: Tensor | Sequence[Tensor], gamma: float) -> float:
     return float(torch.kthvalue(flat, d - k + 1).values.item())
 
 
+def topk_mask(scores: Tensor | Sequence[Tensor], gamma: float) -> Tensor:
+    """Boolean flat mask of exactly k = max(1, ⌊γ·d⌋) entries with the largest scores.
+
+    τ is :func:`topk_threshold`'s k-th largest score (METHODS.md B3); every score above τ is kept
+    and ties at τ are kept in flat (model) order until k entries are kept, so the count never
+    exceeds the budget even when many scores tie (e.g. at zero). ``γ >= 1`` keeps everything.
+    Several tensors are pooled into one ranking, concatenated in the given order.
+
+    Returns
+    -------
+    Tensor
+        ``bool`` vector of the d pooled entries.
+    """
+    flat = _flat_scores(scores)
+    d = flat.numel()
+    if d == 0:
+        raise ValueError("topk_mask got no scores")
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("topk_mask got non-finite scores")
+    if gamma >= 1:
+        return torch.ones(d, dtype=torch.bool)
+    k = _keep_count(gamma, d)
+    tau = topk_threshold(flat, gamma)
+    above = flat > tau
+    ties = torch.nonzero(flat == tau).reshape(-1)[: k - int(above.sum())]
+    mask = above.clone()
+    mask[ties] = True
+    return mask
+
+
 def _default_groups(maskable: Sequence[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for name in maskable:
@@ -457,6 +487,7 @@ __all__ = [
     "remove_submodel_parametrization",
     "select_layers_by_budget",
     "submodel_mask_spec",
+    "topk_mask",
     "topk_threshold",
     "train_submodel",
 ]

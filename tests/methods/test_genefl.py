@@ -205,7 +205,7 @@ def test_empty_cluster_keeps_its_learngene(tmp_path: Path, caplog) -> None:
     assert np.allclose(strategy.theta_star[key], want, atol=1e-6)
 
 
-@pytest.mark.parametrize("key,value", [("genefl.rho", 0.0), ("genefl.granularity", "element")])
+@pytest.mark.parametrize("key,value", [("genefl.rho", 0.0), ("genefl.granularity", "neuron")])
 def test_bad_config_is_a_config_error(tmp_path: Path, key: str, value: Any) -> None:
     from fedhet.config import ConfigError
 

@@ -25,9 +25,13 @@ class GeneflConfig(KebabModel):
     warmup : int
         R_w, FedAvg warm-up rounds on the full model; the last one also returns layer scores.
     rho : float
-        ρ, learnGene budget: values of 𝓖 (parameters and BN statistics) ≤ ρ of the model's.
-    granularity : {"layer"}
-        Whole layers (the only implemented granularity; ``element`` of METHODS.md §3.4 is not).
+        ρ, learnGene budget. ``layer``: values of 𝓖 (parameters and BN statistics) ≤ ρ of the
+        model's. ``element``: exactly max(1, ⌊ρ·d⌋) of the d parameter entries.
+    granularity : {"layer", "element"}
+        ``layer``: 𝓖 is a set of whole layers, chosen by mean Taylor score per parameter under ρ
+        (B3 ``select_layers_by_budget``). ``element``: 𝓖 is an element mask over the parameters,
+        the top entries by Taylor score (B3 top-k); devices upload only θ[mask] and the mask
+        travels once per device (:mod:`fedhet.methods.genefl.element`).
     score_agg : {"mean", "vote"}
         Merge of the clients' layer scores: mean of sum-1 vectors, or budget votes.
     sensitivity_batches : int
@@ -61,8 +65,8 @@ class GeneflConfig(KebabModel):
         2, ge=1, description="R_w: FedAvg warm-up rounds (the last one scores layers)."
     )
     rho: float = Field(0.25, gt=0, le=1, description="ρ: learnGene share of the model's values.")
-    granularity: Literal["layer"] = Field(
-        "layer", description="learnGene granularity (whole layers)."
+    granularity: Literal["layer", "element"] = Field(
+        "layer", description="learnGene granularity: whole layers or an element mask."
     )
     score_agg: Literal["mean", "vote"] = Field("mean", description="Merge of client layer scores.")
     sensitivity_batches: int = Field(5, ge=1, description="B: Taylor sensitivity batches.")

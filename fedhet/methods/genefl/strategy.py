@@ -21,6 +21,10 @@ Round phases (each round row of ``metrics.jsonl`` names its ``genefl-phase``):
 
 ``global_arrays`` is Θ^{R_w} with 𝓖 replaced by Θ* after clustering (what ``server-accuracy``
 evaluates); ``eval-accuracy`` is the devices' personal models on their local tests.
+
+With ``genefl.granularity=element`` 𝓖 is an element mask over the parameters (top ρ·d Taylor
+scores, every device returning a score per parameter entry in round R_w), the mask travels once
+per device and learnGenes travel as values only; see :mod:`fedhet.methods.genefl.element`.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from flwr.serverapp import Grid
 
 from fedhet.core.aggregate import Contribution, weighted_mean
 from fedhet.core.cluster import kmeans_labels, nearest_centroid
+from fedhet.core.codec import payload_bytes
 from fedhet.core.fisher import aggregate_layer_scores, layer_keys, layer_sizes
 from fedhet.core.masks import select_layers_by_budget
 from fedhet.core.seeding import derive_seed, rng
-from fedhet.methods.genefl import wire
+from fedhet.methods.genefl import element, wire
 from fedhet.methods.genefl.config import GeneflConfig
 from fedhet.methods.genefl.plan import GeneflKnobs, scaled_steps
 from fedhet.plan import Budget, Knobs
@@ -53,6 +58,8 @@ Arrays = dict[str, np.ndarray]
 #: Node-entry keys: bytes of the newcomer path (probe and init), part of bytes-down/bytes-up.
 NEWCOMER_DOWN = "genefl-newcomer-bytes-down"
 NEWCOMER_UP = "genefl-newcomer-bytes-up"
+#: Node-entry key (element mode): bytes of the learnGene mask sent to the device this round.
+MASK_DOWN = "genefl-mask-bytes-down"
 
 
 def _copy(arrays: Arrays) -> Arrays:
@@ -78,6 +85,9 @@ class GeneflStrategy(FedhetStrategy):
         self.layers: dict[str, list[str]] = layer_keys(arrays, params)
         self.sizes: dict[str, int] = layer_sizes(arrays, self.layers)
         self.param_keys: set[str] = set(params)
+        self.shapes: element.Shapes = element.param_shapes(arrays, params)
+        self.element_mask: dict[str, np.ndarray] = {}  # element mode: 𝓖 per parameter
+        self.mask_holders: set[str] = set()  # element mode: devices that hold the mask
         self.gene_layers: list[str] = []
         self.layer_score: list[float] = []
         self.reference: Arrays = {}  # P = Θ^{R_w}[𝓖]
@@ -93,15 +103,36 @@ class GeneflStrategy(FedhetStrategy):
         return arrays
 
     @property
+    def element(self) -> bool:
+        """``genefl.granularity=element``: 𝓖 is an element mask over the parameters."""
+        return self.mcfg.granularity == "element"
+
+    @property
     def gene_keys(self) -> list[str]:
-        """State keys of 𝓖 (parameters and BN statistics), model order."""
+        """State keys of 𝓖 (parameters and BN statistics), model order; element mode: the
+        parameters with masked entries."""
+        if self.element:
+            return [
+                n for n, _ in self.shapes if n in self.element_mask and self.element_mask[n].any()
+            ]
         chosen = set(self.gene_layers)
         return [k for layer, ks in self.layers.items() if layer in chosen for k in ks]
 
     @property
     def gene_size(self) -> int:
         """Values in 𝓖 (what one gene-round upload carries)."""
+        if self.element:
+            return int(sum(int(m.sum()) for m in self.element_mask.values()))
         return int(sum(self.sizes[layer] for layer in self.gene_layers))
+
+    def _with_mask(self, node: Node, arrays: Arrays) -> Arrays:
+        """Element mode: ``arrays`` plus the mask for a device that does not hold it yet."""
+        if not self.element or node.device_id in self.mask_holders:
+            return arrays
+        mask = element.encode_mask(element.flat_mask(self.element_mask, self.shapes))
+        entry = self.current.node(node)
+        entry[MASK_DOWN] = entry.get(MASK_DOWN, 0) + payload_bytes(mask)
+        return {**arrays, **mask}
 
     def plan_knobs(self, profile: DeviceProfile, budget: Budget) -> tuple[bool, GeneflKnobs, str]:
         """Participation by availability; steps ∝ T with ``genefl.scale-steps`` (METHODS.md §2)."""
@@ -171,24 +202,31 @@ class GeneflStrategy(FedhetStrategy):
             }
         layers = wire.encode_layers(self.gene_layers)
         if phase == wire.CLUSTERING:
-            return self.global_arrays, {
+            return self._with_mask(node, self.global_arrays), {
                 wire.PHASE: wire.CLUSTERING,
                 wire.LAYERS: layers,
                 wire.PROBE_STEPS: self._probe_steps(),
             }
-        return self.theta_k[self.assign[node.device_id]], {
+        return self._with_mask(node, self.theta_k[self.assign[node.device_id]]), {
             wire.PHASE: wire.GENE,
             wire.LAYERS: layers,
         }
 
     def _signature_spec(self) -> dict[str, ArraySpec]:
-        n = int(sum(self.global_arrays[k].size for k in self.gene_keys if k in self.param_keys))
+        if self.element:
+            n = self.gene_size
+        else:
+            n = int(sum(self.global_arrays[k].size for k in self.gene_keys if k in self.param_keys))
         return {wire.SIGNATURE: ((n,), np.dtype(np.float32))}
 
     def expected_reply(self, node: Node, server_round: int) -> dict[str, ArraySpec]:
         phase = self.phase(server_round)
         if phase == wire.WARMUP:
-            return spec_of(self.global_arrays)
+            spec = spec_of(self.global_arrays)
+            if self.element and self._scoring(server_round):
+                d = element.num_entries(self.shapes)
+                spec[wire.ELEMENT_SCORES] = ((d,), np.dtype(np.float32))
+            return spec
         if phase == wire.CLUSTERING:
             return self._signature_spec()
         return spec_of(self.reference)
@@ -196,9 +234,13 @@ class GeneflStrategy(FedhetStrategy):
     def validate_reply(
         self, node: Node, server_round: int, arrays: Arrays, metrics: dict[str, Any]
     ) -> None:
-        """Arrays as expected; round R_w: a finite score per layer; signatures: non-zero."""
+        """Arrays as expected; round R_w: a finite, non-negative score per layer (element mode:
+        per parameter entry, an array of the expected length); signatures: non-zero."""
         super().validate_reply(node, server_round, arrays, metrics)
-        if self._scoring(server_round):
+        if self._scoring(server_round) and self.element:
+            if not bool((arrays[wire.ELEMENT_SCORES] >= 0).all()):
+                raise ReplyError(f"array {wire.ELEMENT_SCORES!r}: negative element score")
+        elif self._scoring(server_round):
             scores = metrics.get(wire.SCORES)
             if not isinstance(scores, list) or len(scores) != len(self.layers):
                 got = len(scores) if isinstance(scores, list) else type(scores).__name__
@@ -227,7 +269,35 @@ class GeneflStrategy(FedhetStrategy):
         else:
             self._aggregate_genes(server_round, replies)
 
+    def _fix_elements(self, server_round: int, replies: list[Reply]) -> None:
+        """Element mode of §3.2 server step 2: 𝓖 = the top max(1, ⌊ρ·d⌋) merged entry scores."""
+        vectors = [r.arrays[wire.ELEMENT_SCORES] for r in replies]
+        flat = element.select_elements(vectors, self.mcfg.score_agg, self.mcfg.rho)
+        self.element_mask = element.split_mask(flat, self.shapes)
+        self.gene_layers = [
+            layer
+            for layer, ks in self.layers.items()
+            if any(k in self.element_mask and self.element_mask[k].any() for k in ks)
+        ]
+        self.reference = element.gather(self.global_arrays, self.element_mask)
+        d = element.num_entries(self.shapes)
+        log.info(
+            "round %d: learnGene 𝓖 = %d of %d parameter entries (%.2f%%) in %d tensors, from %d "
+            "element-score vectors (%s); mask on the wire: %d B per device, once",
+            server_round,
+            self.gene_size,
+            d,
+            100.0 * self.gene_size / d,
+            len(self.gene_keys),
+            len(vectors),
+            self.mcfg.score_agg,
+            payload_bytes(element.encode_mask(flat)),
+        )
+
     def _fix_learngene(self, server_round: int, replies: list[Reply]) -> None:
+        if self.element:
+            self._fix_elements(server_round, replies)
+            return
         vectors = [[float(s) for s in r.metrics[wire.SCORES]] for r in replies]
         names = list(self.layers)
         sizes = [self.sizes[n] for n in names]
@@ -287,6 +357,8 @@ class GeneflStrategy(FedhetStrategy):
             self.roles[dev] = "founder"
             self.samples[dev] = r.num_examples
             self.personal.add(dev)
+            if self.element:
+                self.mask_holders.add(dev)
         log.info(
             "round %d: %d founders in %d clusters, sizes %s",
             server_round,
@@ -300,6 +372,13 @@ class GeneflStrategy(FedhetStrategy):
         for r in replies:
             by_cluster.setdefault(self.assign[r.node.device_id], []).append(r)
             self.personal.add(r.node.device_id)
+        if self.element:  # a device whose reply did not arrive valid gets the mask again
+            valid = {r.node.device_id for r in replies}
+            for node_id in self._sent_train:
+                node = self.nodes.get(node_id)
+                if node is not None and node.device_id not in valid:
+                    self.mask_holders.discard(node.device_id)
+            self.mask_holders |= valid
         for c in range(len(self.theta_k)):
             members = [r for r in by_cluster.get(c, []) if r.num_examples > 0]
             if not members:
@@ -323,7 +402,11 @@ class GeneflStrategy(FedhetStrategy):
         contribs = [Contribution(t, w) for t, w in zip(self.theta_k, n_k, strict=True) if w > 0]
         if contribs:
             self.theta_star = weighted_mean(contribs, self.theta_star)
-        self.global_arrays = {**self.global_arrays, **_copy(self.theta_star)}
+        if self.element:
+            gene = element.scatter(self.theta_star, self.element_mask, self.global_arrays)
+        else:
+            gene = _copy(self.theta_star)
+        self.global_arrays = {**self.global_arrays, **gene}
 
     # --- newcomers -----------------------------------------------------------------------------------
     def _exchange(
@@ -386,7 +469,9 @@ class GeneflStrategy(FedhetStrategy):
         for n in todo:
             self.current.node(n)["status"] = "probed"
         replies = self._exchange(
-            grid, server_round, {n.node_id: (self.reference, dict(probe_cfg)) for n in todo}
+            grid,
+            server_round,
+            {n.node_id: (self._with_mask(n, self.reference), dict(probe_cfg)) for n in todo},
         )
         assigned: dict[int, int] = {}
         for node_id, reply in replies.items():
@@ -404,6 +489,8 @@ class GeneflStrategy(FedhetStrategy):
             k_star = nearest_centroid(arrays[wire.SIGNATURE], self.centroids, "cosine")
             self.assign[node.device_id] = k_star
             self.roles[node.device_id] = "newcomer"
+            if self.element:
+                self.mask_holders.add(node.device_id)
             self.samples[node.device_id] = max(n_i, 0)
             assigned[node_id] = k_star
             log.info(
@@ -417,7 +504,10 @@ class GeneflStrategy(FedhetStrategy):
         acks = self._exchange(
             grid,
             server_round,
-            {nid: (self.theta_k[k], dict(init_cfg)) for nid, k in assigned.items()},
+            {
+                nid: (self._with_mask(self.nodes[nid], self.theta_k[k]), dict(init_cfg))
+                for nid, k in assigned.items()
+            },
         )
         for node_id in acks:
             self.personal.add(self.nodes[node_id].device_id)
@@ -437,6 +527,7 @@ class GeneflStrategy(FedhetStrategy):
                 entry["genefl-cluster"] = self.assign[dev]
         self.current.extras.update(
             {
+                "genefl-granularity": self.mcfg.granularity,
                 "genefl-learngene-size": self.gene_size,
                 "genefl-learngene-layers": list(self.gene_layers),
                 "genefl-clusters": 0 if self.centroids is None else int(self.centroids.shape[0]),
@@ -460,6 +551,8 @@ class GeneflStrategy(FedhetStrategy):
             "samples": dict(self.samples),
             "personal": sorted(self.personal),
             "clustered-round": self.clustered_round,
+            "element-mask": t(self.element_mask),
+            "mask-holders": sorted(self.mask_holders),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -481,3 +574,5 @@ class GeneflStrategy(FedhetStrategy):
         self.samples = dict(state["samples"])
         self.personal = set(state["personal"])
         self.clustered_round = int(state["clustered-round"])
+        self.element_mask = n(state.get("element-mask", {}))
+        self.mask_holders = set(state.get("mask-holders", []))

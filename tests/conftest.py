@@ -25,3 +25,21 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.setenv("HOME", str(tmp_path_factory.getbasetemp() / "home"))
+
+
+@pytest.fixture(autouse=True)
+def _fedhet_logs_reach_caplog():
+    """``fedhet.logs.setup_logging`` (run by the ClientApp/ServerApp modules) routes the ``fedhet``
+    logger through Flower's handler with ``propagate = False``; pytest's ``caplog`` listens on
+    the root logger, so a test asserting on a log line would pass or fail depending on whether
+    an earlier test imported an app. Every test sees the records propagate."""
+    import logging
+
+    from fedhet.logs import setup_logging
+
+    setup_logging()  # idempotent: done here, it cannot turn propagation off mid-test
+    logger = logging.getLogger("fedhet")
+    before = logger.propagate
+    logger.propagate = True
+    yield
+    logger.propagate = before

@@ -275,14 +275,20 @@ def submit_run(
 def run_status(run_id: int, connection: str, flwr_home: Path, cwd: Path) -> str:
     """Status of a run from ``flwr ls --run-id``: ``running``, ``finished:completed`` ...
 
-    Returns ``unknown`` when the SuperLink cannot be asked (e.g. while it restarts).
+    Returns ``unknown`` when the SuperLink cannot be asked (e.g. while it restarts) or does not
+    answer within the CLI's timeout (a SuperLink busy with a large simulation on a loaded host):
+    callers poll again rather than give up on a run that is still going.
     """
-    result = run_flwr(
-        ["ls", connection, "--run-id", str(run_id), "--format", "json"],
-        flwr_home,
-        cwd,
-        check=False,
-    )
+    try:
+        result = run_flwr(
+            ["ls", connection, "--run-id", str(run_id), "--format", "json"],
+            flwr_home,
+            cwd,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        logger.warning("flwr ls did not answer in %.0f s; asking again later", err.timeout)
+        return "unknown"
     runs = last_json_object(result.stdout).get("runs", [])
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 

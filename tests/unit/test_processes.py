@@ -54,3 +54,18 @@ def test_terminate_never_signals_a_recycled_pid() -> None:
     assert not stale.is_alive()
     terminate([stale], signal.SIGKILL)  # would kill pytest itself if it did not check
     assert me.is_running()
+
+
+def test_run_status_is_unknown_when_flwr_ls_does_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow ``flwr ls`` (a SuperLink busy with 1,000 simulated devices) must not end the wait."""
+    import subprocess
+
+    from fedhet.deploy import flwr_cli
+
+    def slow(*_args: object, **_kwargs: object) -> None:
+        raise subprocess.TimeoutExpired(["flwr", "ls"], 60.0)
+
+    monkeypatch.setattr(flwr_cli, "run_flwr", slow)
+    assert flwr_cli.run_status(7, "fedhet-sim", tmp_path, tmp_path) == "unknown"

@@ -228,14 +228,20 @@ def run_simulated(config: dict[str, Any], nodes: int, rounds: int, out: Path) ->
     return summarise("simulation", json_lines(runs / "simulation" / "metrics.jsonl"), total)
 
 
-def run_deployed(config: dict[str, Any], nodes: int, rounds: int, out: Path) -> dict[str, Any]:
-    """The run with ``flwr run`` on a local TLS + auth fleet; also times fleet start-up."""
+def run_deployed(
+    config: dict[str, Any], nodes: int, rounds: int, out: Path, warm: bool = False
+) -> dict[str, Any]:
+    """The run with ``flwr run`` on a local TLS + auth fleet; also times fleet start-up.
+
+    ``warm`` starts the fleet with the warm start (:mod:`fedhet.deploy.forkserver`).
+    """
     runs = out / "raw" / BENCH
-    shutil.rmtree(runs / "deployment", ignore_errors=True)
+    name = "deployment-warm" if warm else "deployment"
+    shutil.rmtree(runs / name, ignore_errors=True)
     cfg = {**config, "num-server-rounds": rounds, "min-nodes": nodes}
-    cfg.update({"output-dir": str(runs), "run-name": "deployment"})
+    cfg.update({"output-dir": str(runs), "run-name": name})
     with tempfile.TemporaryDirectory(prefix="fedhet-bench-fleet-") as state:
-        fleet = LocalFleet(Path(state))
+        fleet = LocalFleet(Path(state), warm_start=warm)
         try:
             t0 = time.perf_counter()
             fleet.start(nodes)
@@ -250,13 +256,14 @@ def run_deployed(config: dict[str, Any], nodes: int, rounds: int, out: Path) -> 
                 raise RuntimeError(f"deployment run ended {status}")
         finally:
             fleet.stop()
-    summary = summarise(
-        "deployment (TLS + auth + front door)",
-        json_lines(runs / "deployment" / "metrics.jsonl"),
-        total,
-    )
+    summary = summarise(DEP_WARM if warm else DEP, json_lines(runs / name / "metrics.jsonl"), total)
     summary.update({"fleet-start-s": t_fleet, "submit-s": t_submit})
     return summary
+
+
+#: Mode names of the two deployed runs (cold: a fresh ``flwr-clientapp`` per message).
+DEP = "deployment (TLS + auth + front door)"
+DEP_WARM = "deployment, warm start (fork server)"
 
 
 def report(data: dict[str, Any]) -> str:
@@ -306,26 +313,35 @@ def report(data: dict[str, Any]) -> str:
         "*run total*: from `flwr run` (FAB build and upload included) to `finished` in "
         "`flwr ls` for the two Flower modes; the strategy's `start()` for in-process.",
     ]
-    dep = by_mode.get("deployment (TLS + auth + front door)")
+    dep = by_mode.get(DEP)
+    warm = by_mode.get(DEP_WARM)
     sim = by_mode.get("simulation")
-    if dep and sim:
-        ratio = dep["steady-round-s"] / sim["steady-round-s"]
-        lines += [
-            "",
-            f"**Deployed / simulated steady round: {ratio:.1f}** "
-            f"({dep['steady-round-s']:.2f} s / {sim['steady-round-s']:.2f} s).",
-        ]
+    for label, run in (("", dep), (", warm start", warm)):
+        if run and sim:
+            ratio = run["steady-round-s"] / sim["steady-round-s"]
+            lines += [
+                "",
+                f"**Deployed{label} / simulated steady round: {ratio:.1f}** "
+                f"({run['steady-round-s']:.2f} s / {sim['steady-round-s']:.2f} s).",
+            ]
     ids = by_mode.get("in-process, deployment node configs")
     if dep and ids:
         same = dep.get("eval-accuracy-per-round") == ids.get("eval-accuracy-per-round")
+        if warm:
+            same = same and warm.get("eval-accuracy-per-round") == ids.get(
+                "eval-accuracy-per-round"
+            )
         lines += [
             "",
             "**Same seeds, same result.** Final server accuracy: deployment "
-            f"{dep['server-accuracy']}, in-process with the fleet's node configs "
+            f"{dep['server-accuracy']}"
+            + (f", deployment with warm start {warm['server-accuracy']}" if warm else "")
+            + ", in-process with the fleet's node configs "
             f"{ids['server-accuracy']}, simulation {sim['server-accuracy'] if sim else '–'}, "
             f"in-process {by_mode['in-process']['server-accuracy']}. Federated accuracy per "
-            f"round {'identical' if same else 'NOT identical'} between the deployment and the "
-            "in-process run with its node configs. Simulation and deployment differ only "
+            f"round {'identical' if same else 'NOT identical'} between the deployment"
+            + (" runs" if warm else "")
+            + " and the in-process run with its node configs. Simulation and deployment differ only "
             "because the device id seeds each device's batch order (METHODS.md §0): the local "
             "fleet names its devices `node-i`, simulation `partition-i`.",
         ]
@@ -356,9 +372,18 @@ def report(data: dict[str, Any]) -> str:
             f"packages imported: {', '.join(cold['heavy-modules']) or 'none'}.",
             "",
             markdown_table(
-                ["phase (steady round, mean over nodes and rounds)", "seconds"],
-                [[k, ph[k]] for k in order if k in ph]
-                + [["measured steady round (wall)", dep["steady-round-s"]]],
+                ["phase (steady round, mean over nodes and rounds)", "seconds (cold)"]
+                + (["seconds (warm start)"] if warm else []),
+                [
+                    [k, ph[k]]
+                    + ([warm["phases"].get(k, "–")] if warm and warm.get("phases") else [])
+                    for k in order
+                    if k in ph
+                ]
+                + [
+                    ["measured steady round (wall)", dep["steady-round-s"]]
+                    + ([warm["steady-round-s"]] if warm else [])
+                ],
             ),
             "",
             f"A ClientApp process here took {ph.get('ClientApp start (imports, FAB)', 0.0):.1f} s "
@@ -369,6 +394,19 @@ def report(data: dict[str, Any]) -> str:
             "process pushing its reply to the SuperNode and the SuperNode to the SuperLink "
             "through the front door (the strategy itself polls every ≤ 0.2 s).",
             "",
+            *(
+                [
+                    "With the warm start (`fedhet/deploy/forkserver.py`) the same span took "
+                    f"{warm['phases'].get('ClientApp start (imports, FAB)', 0.0):.1f} s: no "
+                    "imports are left in it; it is Flower's task input, most of it the forked "
+                    "ClientApp waiting for its message's objects, which the SuperNode is still "
+                    "pulling from the SuperLink (run with `FEDHET_WARM_PROFILE=<dir>` for a "
+                    "cProfile of each ClientApp), then the FAB install and the app load.",
+                    "",
+                ]
+                if warm and warm.get("phases")
+                else []
+            ),
             "The first two rows are what a fresh `flwr-clientapp` process per message costs "
             "(Flower 1.41 keeps none warm): the SuperNode's idle pull (3 s interval in Flower "
             "1.41) and the SuperExec poll (0.2 s here) before the process exists, then the "
@@ -387,6 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=absolute_path, default=RESULTS)
     parser.add_argument("--skip-simulation", action="store_true")
     parser.add_argument("--skip-deployment", action="store_true")
+    parser.add_argument(
+        "--skip-warm", action="store_true", help="no second deployed run with the warm start"
+    )
     parser.add_argument(
         "--report-only", action="store_true", help="re-render deployment.md from deployment.json"
     )
@@ -410,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(run_simulated(RUN_CONFIG, args.nodes, args.rounds, args.out))
     if not args.skip_deployment:
         results.append(run_deployed(RUN_CONFIG, args.nodes, args.rounds, args.out))
+        if not args.skip_warm:
+            results.append(run_deployed(RUN_CONFIG, args.nodes, args.rounds, args.out, warm=True))
     data = {
         "results": results,
         "cold": cold,

@@ -143,13 +143,23 @@ def parse_profile(raw: dict[str, Any]) -> DeviceProfile:
     return validate_model(DeviceProfile, raw, "", "device profile")
 
 
-def _cgroup_cpu_limit() -> float | None:
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPU quota in cores: cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``
+    (hybrid hosts and container engines on cgroupfs, e.g. podman here); None without a quota."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = (root / "cpu.max").read_text().split()[:2]
         if quota != "max":
             return int(quota) / int(period)
+        return None
     except (OSError, ValueError):
         pass
+    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        try:
+            quota_us = int((root / folder / "cpu.cfs_quota_us").read_text().strip())
+            period_us = int((root / folder / "cpu.cfs_period_us").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
     return None
 
 

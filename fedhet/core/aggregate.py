@@ -41,16 +41,97 @@ def _skip(name: str) -> bool:
     return name.endswith(SKIP_SUFFIXES)
 
 
+class WeightedSum:
+    """Running Σ_i w_i x_i and Σ_i w_i, fed one contribution at a time (``plain`` rule, B2).
+
+    The streaming form of :func:`weighted_mean`: the server adds each device's tensors as its reply
+    is read and can release them at once, so aggregating N replies holds one float64 accumulator
+    per tensor (twice the float32 model) instead of N models. Contributions added in the order
+    :func:`weighted_mean` would see them give bit-identical results (the same float64 operations
+    per coordinate).
+
+    Parameters
+    ----------
+    base : Mapping[str, np.ndarray]
+        The current global tensors: names, shapes and output dtypes; ``num_batches_tracked``
+        counters keep their base value.
+    """
+
+    def __init__(self, base: Mapping[str, np.ndarray]) -> None:
+        self.base = base
+        self.total = 0.0
+        self.count = 0
+        self._acc: dict[str, np.ndarray] = {}
+
+    def check(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Raise ValueError unless ``tensors`` holds every base tensor with its shape.
+
+        Called by :meth:`add` before anything is added, so a bad contribution changes nothing.
+        """
+        for name, ref in self.base.items():
+            if _skip(name):
+                continue
+            if name not in tensors:
+                raise ValueError(f"plain aggregation: contribution lacks tensor {name!r}")
+            if np.shape(tensors[name]) != np.shape(ref):
+                raise ValueError(
+                    f"plain aggregation: tensor {name!r} has shape {np.shape(tensors[name])}, "
+                    f"expected {np.shape(ref)}"
+                )
+
+    def add(self, tensors: Mapping[str, np.ndarray], weight: float) -> None:
+        """Add ``weight`` · ``tensors`` (checked first: see :meth:`check`).
+
+        Raises
+        ------
+        ValueError
+            If a tensor is missing or has the wrong shape, or ``weight`` is negative or not finite.
+        """
+        if not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"plain aggregation: invalid weight {weight!r}")
+        self.check(tensors)
+        for name, ref in self.base.items():
+            if _skip(name):
+                continue
+            acc = self._acc.get(name)
+            if acc is None:
+                acc = self._acc[name] = np.zeros(np.shape(ref), dtype=np.float64)
+            acc += weight * np.asarray(tensors[name], dtype=np.float64)
+        self.total += float(weight)
+        self.count += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Σ w_i x_i / Σ w_i per tensor, in the base dtypes.
+
+        Raises
+        ------
+        ValueError
+            If nothing was added or the weights sum to zero.
+        """
+        if not self.count:
+            raise ValueError("weighted_mean needs at least one contribution")
+        if self.total <= 0:
+            raise ValueError("weighted_mean: contribution weights sum to zero")
+        out: dict[str, np.ndarray] = {}
+        for name, ref in self.base.items():
+            if _skip(name):
+                out[name] = np.array(ref, copy=True)
+            else:
+                out[name] = (self._acc[name] / self.total).astype(np.asarray(ref).dtype)
+        return out
+
+
 def weighted_mean(
     contribs: Sequence[Contribution], base: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """``plain``: x ← Σ_i w_i x_i / Σ_i w_i; every contributor must hold every tensor.
 
     The one weighted average of fedhet: FedAvg's sample-weighted mean, FedIT's adapter and head
-    means and FL-TAC's cluster means all call it. Zero weights follow one rule: a contribution of
-    weight 0 adds nothing, and a total weight of 0 is an error, never a silent switch to equal
-    weights. Callers leave out contributions without examples and decide what happens when none
-    is left (the strategies keep the previous global value).
+    means and FL-TAC's cluster means all call it (through :class:`WeightedSum`, which the server
+    also feeds reply by reply). Zero weights follow one rule: a contribution of weight 0 adds
+    nothing, and a total weight of 0 is an error, never a silent switch to equal weights. Callers
+    leave out contributions without examples and decide what happens when none is left (the
+    strategies keep the previous global value).
 
     Raises
     ------
@@ -59,21 +140,13 @@ def weighted_mean(
     """
     if not contribs:
         raise ValueError("weighted_mean needs at least one contribution")
-    total = float(sum(c.weight for c in contribs))
-    if total <= 0:
-        raise ValueError("weighted_mean: contribution weights sum to zero")
-    out: dict[str, np.ndarray] = {}
-    for name, ref in base.items():
-        if _skip(name):
-            out[name] = np.array(ref, copy=True)
-            continue
-        acc = np.zeros(ref.shape, dtype=np.float64)
-        for i, c in enumerate(contribs):
-            if name not in c.tensors:
-                raise ValueError(f"plain aggregation: contribution {i} lacks tensor {name!r}")
-            acc += c.weight * np.asarray(c.tensors[name], dtype=np.float64)
-        out[name] = (acc / total).astype(ref.dtype)
-    return out
+    acc = WeightedSum(base)
+    for i, c in enumerate(contribs):
+        try:
+            acc.add(c.tensors, c.weight)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (contribution {i})") from None
+    return acc.result()
 
 
 def masked_mean(

@@ -65,6 +65,9 @@ class MethodHooks:
     comparable_updates: ClassVar[bool] = True
     #: The method's ``aggregate`` goes through :meth:`combine` (so the robust rules apply).
     aggregates_with_combine: ClassVar[bool] = False
+    #: Add train replies to a running sum as they arrive (:mod:`fedhet.server.streaming`) where
+    #: :meth:`streams_replies` allows it; False holds every reply of a round (benchmarks compare).
+    stream_replies: bool = True
 
     cfg: RunConfig
     shared: SharedConfig
@@ -166,6 +169,15 @@ class MethodHooks:
         ]
         if contribs:
             self.global_arrays = weighted_mean(contribs, self.global_arrays)
+
+    def streams_replies(self) -> bool:
+        """Whether train replies are aggregated one by one as they arrive: the default
+        sample-weighted :meth:`aggregate` under ``aggregation = mean`` (FedAvg, FedAvg-drop)."""
+        return (
+            self.stream_replies
+            and type(self).aggregate is MethodHooks.aggregate
+            and self.shared.aggregation == "mean"
+        )
 
     def supports_robust_rules(self) -> bool:
         """Whether ``aggregation = trimmed-mean | median`` applies: the default ``aggregate`` (full

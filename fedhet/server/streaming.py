@@ -1,0 +1,193 @@
+"""Streaming aggregation: a round's replies are added one by one, never held together (issue 15,
+item 4, "Server memory").
+
+For the sample-weighted mean (B2 ``plain``, :class:`fedhet.core.aggregate.WeightedSum`), the server
+does not need every reply at once: it can add each checked reply to a float64 running sum and
+let it go. What it keeps per reply is bookkeeping (node, metrics, example count, update norm), so
+the ServerApp's memory is a small multiple of the model plus per-device bookkeeping, whatever
+the number of sampled devices.
+
+Two paths, chosen by the run's norm-outlier filter (``outlier-factor``, :mod:`fedhet.server.trust`):
+
+* **filter off** (``outlier-factor = 0`` or a method whose update sizes are not comparable): each
+  checked reply is added to the running sum as soon as it is read; a reply whose update norm is
+  not finite is dropped and logged first, as :func:`~fedhet.server.trust.drop_outliers` does.
+  Replies are added in arrival order (on the in-process grid: send order).
+* **filter on** (the default): whether a reply is an outlier depends on the round's median norm,
+  which is known only after the last reply. Each checked reply's norm is computed when it is
+  read, its arrays are written to a spill file in a temporary folder and released; once every
+  reply is in, the outliers are dropped (the same rule, :func:`fedhet.core.robust.norm_outliers`)
+  and the kept replies are read back one at a time, in send order, into the running sum. The
+  result is bit-identical to the list-based aggregation (same contributions, same order, same
+  float64 operations); the cost is one write and one read of each reply on local disk.
+
+Every check that ran before a reply was aggregated still runs before it is added (a bad reply is
+dropped with its reason, never added); an aggregate that is not finite is rolled back
+(:func:`~fedhet.server.trust.guarded_aggregate`). Methods with their own ``aggregate`` and the
+robust rules (``trimmed-mean``, ``median``: coordinate-wise order statistics need every reply)
+keep the list-based path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Hashable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedhet.core.aggregate import WeightedSum
+from fedhet.core.robust import norm_outliers
+from fedhet.server.ledger import RoundLog
+from fedhet.server.replies import Reply
+from fedhet.server.trust import guarded_aggregate, update_norms
+
+log = logging.getLogger("fedhet")
+
+
+class Spill:
+    """Arrays of replies parked on local disk between the two passes of the filtered path.
+
+    Each reply is one file of consecutive ``.npy`` records (no pickles); only the names stay in
+    memory. Used as a context manager: the folder is removed on exit.
+    """
+
+    def __init__(self, parent: str | Path | None = None) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="fedhet-spill-", dir=parent))
+        self._names: dict[int, list[str]] = {}
+
+    def __enter__(self) -> Spill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def put(self, key: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write ``arrays`` under ``key``."""
+        with open(self.folder / f"{key}.npy", "wb") as f:
+            for a in arrays.values():
+                np.save(f, np.asarray(a), allow_pickle=False)
+        self._names[key] = list(arrays)
+
+    def get(self, key: int) -> dict[str, np.ndarray]:
+        """The arrays written under ``key``."""
+        with open(self.folder / f"{key}.npy", "rb") as f:
+            return {name: np.load(f, allow_pickle=False) for name in self._names[key]}
+
+    def close(self) -> None:
+        """Remove the folder and everything in it."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Streaming(Protocol):
+    """The strategy side of :func:`stream_mean` (:class:`~fedhet.server.strategy.FedhetStrategy`)."""
+
+    global_arrays: dict[str, np.ndarray]
+    current: RoundLog
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _drop(current: RoundLog, reply: Reply, reason: str) -> None:
+    current.node(reply.node)["status"] = "dropped"
+    current.drop(reply.node.node_id, reply.node.device_id, "train", reason)
+
+
+def _light(reply: Reply) -> Reply:
+    """The reply without its arrays: what the round's metrics need."""
+    return Reply(reply.node, {}, reply.metrics, reply.num_examples)
+
+
+def stream_mean(
+    strategy: _Streaming,
+    server_round: int,
+    replies: Iterable[Reply],
+    sent: Mapping[int, Mapping[str, np.ndarray]],
+    factor: float,
+    order: Mapping[int, int],
+    spill_dir: str | Path | None = None,
+) -> list[Reply]:
+    """Sample-weighted mean of checked replies, one reply in memory at a time.
+
+    Parameters
+    ----------
+    strategy : FedhetStrategy
+        Its ``global_arrays`` are replaced by the mean (kept when no reply has examples or the
+        result is not finite).
+    server_round : int
+        The round (for the log).
+    replies : Iterable[Reply]
+        Checked replies, as :func:`fedhet.server.replies.iter_train_replies` yields them.
+    sent : Mapping[int, Mapping[str, np.ndarray]]
+        What each node was sent for training, by node id (empty when replies are updates).
+    factor : float
+        ``outlier-factor``; 0 disables the norm test (non-finite updates are still dropped) and
+        with it the spill.
+    order : Mapping[int, int]
+        Send position of each node id (the filtered path adds replies in this order).
+    spill_dir : str or Path, optional
+        Where the filtered path's temporary folder goes (default: the system's).
+
+    Returns
+    -------
+    list[Reply]
+        The replies aggregated (outliers left out), without their arrays.
+    """
+    acc = WeightedSum(strategy.global_arrays)
+    kept: list[Reply] = []
+    norms: dict[Hashable, float] = {}
+    with Spill(spill_dir) if factor > 0 else _NoSpill() as spill:
+        for reply in replies:
+            nid = reply.node.node_id
+            norm = update_norms({nid: reply.arrays}, {nid: sent.get(nid, {})})[nid]
+            if not math.isfinite(norm):
+                _drop(strategy.current, reply, "update norm is not finite")
+                continue
+            try:
+                acc.check(reply.arrays)
+                if factor > 0:
+                    spill.put(nid, reply.arrays)
+                elif reply.num_examples > 0:
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        acc.add(reply.arrays, float(reply.num_examples))
+            except (ValueError, OSError) as exc:
+                _drop(strategy.current, reply, f"{type(exc).__name__}: {exc}")
+                continue
+            norms[nid] = norm
+            kept.append(_light(reply))
+            del reply
+        if factor > 0:
+            bad = norm_outliers(norms, factor)
+            for r in kept:
+                if r.node.node_id in bad:
+                    _drop(strategy.current, r, str(bad[r.node.node_id]))
+            kept = [r for r in kept if r.node.node_id not in bad]
+            kept.sort(key=lambda r: order.get(r.node.node_id, len(order)))
+
+        def finish() -> None:
+            if factor > 0:
+                for r in kept:
+                    if r.num_examples > 0:
+                        acc.add(spill.get(r.node.node_id), float(r.num_examples))
+            if acc.count:
+                strategy.global_arrays = acc.result()
+
+        if kept:
+            guarded_aggregate(strategy, server_round, finish, strategy.current)
+    return kept
+
+
+class _NoSpill(Spill):
+    """No folder: the unfiltered path adds replies at once."""
+
+    def __init__(self) -> None:
+        self._names = {}
+
+    def close(self) -> None:
+        """Nothing to remove."""

@@ -34,8 +34,12 @@ FIRST_INTERVAL_S = 0.05
 MAX_INTERVAL_S = 0.2
 #: How often one message is pushed again after a transient error reply.
 MAX_RETRIES = 2
-#: Message ids per pull when replies are streamed (at most this many replies held at once).
+#: Message ids per pull when replies are streamed (at most this many replies held at once);
+#: :func:`pull_chunk_for` sizes it from the reply size.
 PULL_CHUNK = 16
+#: Bytes of replies one streamed pull may bring back, and the bounds of its message count.
+PULL_BYTES = 8 * 1024 * 1024
+PULL_CHUNK_RANGE = (2, 64)
 
 # flwr.common.constant.ErrorCode values (stable across 1.x): the message or its reply was not
 # available, or the ClientApp process died before it ran fedhet's code.
@@ -126,6 +130,14 @@ def send_and_receive(
     # replies arrive in: aggregation and K-means inputs stay bit-reproducible (METHODS §0).
     out.replies.sort(key=lambda r: out.position[r.metadata.reply_to_message_id])
     return out
+
+
+def pull_chunk_for(reply_bytes: int) -> int:
+    """Message ids per streamed pull: about :data:`PULL_BYTES` of replies of ``reply_bytes``
+    each, within :data:`PULL_CHUNK_RANGE` (few round trips for small models, few replies held
+    at once for large ones)."""
+    low, high = PULL_CHUNK_RANGE
+    return max(low, min(high, PULL_BYTES // max(int(reply_bytes), 1)))
 
 
 def iter_replies(

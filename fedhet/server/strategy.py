@@ -54,6 +54,7 @@ from fedhet.server.ledger import (
 from fedhet.server.messaging import (
     Exchange,
     iter_replies,
+    pull_chunk_for,
     send_and_receive,
     stamp_replies,
     stamp_stream,
@@ -390,15 +391,16 @@ class FedhetStrategy(MethodHooks, Strategy):
     # The round loop
     # ------------------------------------------------------------------------------------------
     def _send(self, grid: Grid, msgs: list[Message], stream: bool = False) -> Iterable[Message]:
-        """The replies to ``msgs``: a list, or with ``stream`` an iterator that pushes on its
-        first step and hands each reply on as it is pulled (none is kept)."""
+        """The replies: a list, or with ``stream`` an iterator handing each on as it is pulled."""
         if not msgs:
             return []
         timeout = self.shared.round_timeout
         if stream:
             out = Exchange()
             self._sent = out.dst
-            return stamp_stream(iter_replies(grid, msgs, timeout, out), out, self.current.nodes)
+            chunk = pull_chunk_for(sum(a.nbytes for a in self.global_arrays.values()))
+            pulled = iter_replies(grid, msgs, timeout, out, pull_chunk=chunk)
+            return stamp_stream(pulled, out, self.current.nodes)
         exchange = send_and_receive(grid, msgs, timeout)
         self._sent = exchange.dst
         stamp_replies(exchange, self.current.nodes)  # for the deployment benchmark's breakdown

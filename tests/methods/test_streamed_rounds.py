@@ -27,6 +27,7 @@ _TIMING = ("seconds", "t-", "time")
 def _run(tmp: Path, stream: bool, **over: Any) -> Any:
     strategy, grid = make("fedavg", tmp, num_nodes=NODES, min_nodes=NODES, **over)
     strategy.stream_replies = stream
+    grid.reply_at_pull = stream  # streamed: devices answer when pulled (the grid holds no reply)
     victim = sorted(grid.contexts)[2]
     seen: list[int] = []
 

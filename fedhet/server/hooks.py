@@ -68,6 +68,9 @@ class MethodHooks:
     #: Add train replies to a running sum as they arrive (:mod:`fedhet.server.streaming`) where
     #: :meth:`streams_replies` allows it; False holds every reply of a round (benchmarks compare).
     stream_replies: bool = True
+    #: The method's ``aggregate`` is the default one: :meth:`note_replies`, then the
+    #: sample-weighted mean into :attr:`global_arrays` (so its replies can be streamed too).
+    aggregate_is_mean: ClassVar[bool] = False
 
     cfg: RunConfig
     shared: SharedConfig
@@ -162,22 +165,28 @@ class MethodHooks:
         """Update :attr:`global_arrays` from validated replies (default: sample-weighted mean).
 
         Replies with no training examples carry no weight and are left out; without any
-        weighted reply the global arrays stay as they are.
+        weighted reply the global arrays stay as they are. :meth:`note_replies` runs first.
         """
+        self.note_replies(server_round, replies)
         contribs = [
             Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0
         ]
         if contribs:
             self.global_arrays = weighted_mean(contribs, self.global_arrays)
 
+    def note_replies(self, server_round: int, replies: list[Reply]) -> None:
+        """Per-round bookkeeping from the aggregated replies' metrics (default: none).
+
+        Called by the default :meth:`aggregate` before the mean and, when replies are streamed,
+        after it, with replies that no longer carry their arrays: use metrics only.
+        """
+
     def streams_replies(self) -> bool:
         """Whether train replies are aggregated one by one as they arrive: the default
-        sample-weighted :meth:`aggregate` under ``aggregation = mean`` (FedAvg, FedAvg-drop)."""
-        return (
-            self.stream_replies
-            and type(self).aggregate is MethodHooks.aggregate
-            and self.shared.aggregation == "mean"
-        )
+        sample-weighted :meth:`aggregate` (or :attr:`aggregate_is_mean`) under
+        ``aggregation = mean`` (FedAvg, FedAvg-drop, pFedAFM's G)."""
+        plain = type(self).aggregate is MethodHooks.aggregate or self.aggregate_is_mean
+        return self.stream_replies and plain and self.shared.aggregation == "mean"
 
     def supports_robust_rules(self) -> bool:
         """Whether ``aggregation = trimmed-mean | median`` applies: the default ``aggregate`` (full

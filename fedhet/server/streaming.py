@@ -93,6 +93,8 @@ class _Streaming(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def note_replies(self, server_round: int, replies: list[Reply]) -> None: ...
+
 
 def _drop(current: RoundLog, reply: Reply, reason: str) -> None:
     current.node(reply.node)["status"] = "dropped"
@@ -137,7 +139,8 @@ def stream_mean(
     Returns
     -------
     list[Reply]
-        The replies aggregated (outliers left out), without their arrays.
+        The replies aggregated (outliers left out), without their arrays; the strategy's
+        ``note_replies`` gets them after the mean.
     """
     acc = WeightedSum(strategy.global_arrays)
     kept: list[Reply] = []
@@ -180,6 +183,7 @@ def stream_mean(
 
         if kept:
             guarded_aggregate(strategy, server_round, finish, strategy.current)
+            strategy.note_replies(server_round, kept)  # metrics-only bookkeeping, after the mean
     return kept
 
 

@@ -61,6 +61,9 @@ class _Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def note_replies(self, server_round: int, replies: list[Reply]) -> None:
+        self.noted = [r.node.node_id for r in replies]
+
 
 def _list_path(
     base: dict[str, np.ndarray], replies: list[Reply], factor: float
@@ -131,7 +134,7 @@ def test_stream_mean_equals_list_path_and_drops_bad_replies(factor: float, tmp_p
         {r.node.node_id: i for i, r in enumerate(replies)},
         spill_dir=tmp_path,
     )
-    assert [r.node.node_id for r in light] == kept_ids
+    assert [r.node.node_id for r in light] == kept_ids == strategy.noted
     assert all(not r.arrays for r in light)  # bookkeeping only
     assert 2 not in kept_ids and (5 not in kept_ids) == (factor > 0)
     dropped = {d["node-id"]: d["reason"] for d in strategy.current.dropped}

@@ -327,7 +327,7 @@ def _memory_lines(data: dict[str, Any]) -> list[str]:
         "| round peak (MB) | round peak (models) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows + data.get("server-sampled", []):
+    for r in rows + [r for r in data.get("server-sampled", []) if r not in rows]:
         traced = r.get("round-traced-peak-mb")
         lines.append(
             f"| {r['devices']} | {r['sampled']} | "

@@ -149,6 +149,80 @@ def weighted_mean(
     return acc.result()
 
 
+class MaskedSum:
+    """Running numerator Σ_{i: j∈H_i} w_i u_ij and holder weight Σ_{i: j∈H_i} w_i per coordinate.
+
+    The streaming form of :func:`masked_mean` (B2 ``holders`` / ``zero-fill``): contributions are
+    added one at a time and can be released at once; the state is two float64 arrays per tensor.
+    Contributions added in :func:`masked_mean`'s order give bit-identical results.
+
+    Parameters
+    ----------
+    base : Mapping[str, np.ndarray]
+        The current global tensors x (updates are u_i = x_i − x).
+    """
+
+    def __init__(self, base: Mapping[str, np.ndarray]) -> None:
+        self.base = base
+        self.total = 0.0
+        self.count = 0
+        self._num: dict[str, np.ndarray] = {}
+        self._den: dict[str, np.ndarray] = {}
+
+    def check(self, c: Contribution) -> None:
+        """Raise ValueError if ``c`` cannot be added (see :meth:`add`)."""
+        if not np.isfinite(c.weight) or c.weight < 0:
+            raise ValueError(f"masked aggregation: invalid weight {c.weight!r}")
+        for name, t in c.tensors.items():  # names the base lacks are ignored, as ever
+            if name in self.base and np.shape(t) != np.shape(self.base[name]):
+                raise ValueError(
+                    f"masked aggregation: tensor {name!r} has shape {np.shape(t)}, "
+                    f"expected {np.shape(self.base[name])}"
+                )
+
+    def add(self, c: Contribution) -> None:
+        """Add one contribution (checked first: nothing is added if it is unusable).
+
+        Raises
+        ------
+        ValueError
+            If a base tensor has the wrong shape, or the weight is negative or not finite.
+        """
+        self.check(c)
+        for name, ref in self.base.items():
+            if _skip(name) or name not in c.tensors:
+                continue
+            x = np.asarray(ref)
+            if name not in self._num:
+                self._num[name] = np.zeros(x.shape, dtype=np.float64)
+                self._den[name] = np.zeros(x.shape, dtype=np.float64)
+            held = c.holder_mask(name, x.shape)
+            upd = np.asarray(c.tensors[name], dtype=np.float64) - x
+            self._num[name] += np.where(held, c.weight * upd, 0.0)
+            self._den[name] += np.where(held, c.weight, 0.0)
+        self.total += float(c.weight)
+        self.count += 1
+
+    def result(self, *, mode: str = "holders", server_lr: float = 1.0) -> dict[str, np.ndarray]:
+        """x + η_g · step per tensor, in the base dtypes (see :func:`masked_mean`)."""
+        if mode not in ("holders", "zero-fill"):
+            raise ValueError(f"unknown masked_mean mode {mode!r}; use holders or zero-fill")
+        out: dict[str, np.ndarray] = {}
+        for name, ref in self.base.items():
+            x = np.asarray(ref)
+            if _skip(name) or not self.count:
+                out[name] = np.array(x, copy=True)
+                continue
+            num = self._num.get(name, np.zeros(x.shape, dtype=np.float64))
+            den = self._den.get(name, np.zeros(x.shape, dtype=np.float64))
+            if mode == "holders":
+                step = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+            else:
+                step = num / self.total if self.total > 0 else np.zeros_like(num)
+            out[name] = (x + server_lr * step).astype(x.dtype)
+        return out
+
+
 def masked_mean(
     contribs: Sequence[Contribution],
     base: Mapping[str, np.ndarray],
@@ -156,7 +230,7 @@ def masked_mean(
     mode: str = "holders",
     server_lr: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """Masked averaging of updates u_i = x_i − x (METHODS.md B2).
+    """Masked averaging of updates u_i = x_i − x (METHODS.md B2), through :class:`MaskedSum`.
 
     ``holders``: x_j ← x_j + η_g · Σ_{i: j∈H_i} w_i u_ij / Σ_{i: j∈H_i} w_i; coordinates nobody holds
     stay unchanged (FIARSE, HeteroFL, FedRolex).
@@ -166,25 +240,7 @@ def masked_mean(
     """
     if mode not in ("holders", "zero-fill"):
         raise ValueError(f"unknown masked_mean mode {mode!r}; use holders or zero-fill")
-    out: dict[str, np.ndarray] = {}
-    total_weight = float(sum(c.weight for c in contribs))
-    for name, ref in base.items():
-        x = np.asarray(ref)
-        if _skip(name) or not contribs:
-            out[name] = np.array(x, copy=True)
-            continue
-        num = np.zeros(x.shape, dtype=np.float64)
-        den = np.zeros(x.shape, dtype=np.float64)
-        for c in contribs:
-            if name not in c.tensors:
-                continue
-            held = c.holder_mask(name, x.shape)
-            upd = np.asarray(c.tensors[name], dtype=np.float64) - x
-            num += np.where(held, c.weight * upd, 0.0)
-            den += np.where(held, c.weight, 0.0)
-        if mode == "holders":
-            step = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-        else:
-            step = num / total_weight if total_weight > 0 else np.zeros_like(num)
-        out[name] = (x + server_lr * step).astype(x.dtype)
-    return out
+    acc = MaskedSum(base)
+    for c in contribs:
+        acc.add(c)
+    return acc.result(mode=mode, server_lr=server_lr)

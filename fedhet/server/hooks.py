@@ -28,6 +28,7 @@ from fedhet.profile import DeviceProfile
 from fedhet.server.evaluation import global_model_metrics
 from fedhet.server.registration import Node
 from fedhet.server.replies import Reply
+from fedhet.server.streaming import MaskedRule, PlainRule
 from fedhet.server.validate import ArraySpec, spec_of, validate_arrays
 
 log = logging.getLogger("fedhet")
@@ -71,6 +72,9 @@ class MethodHooks:
     #: The method's ``aggregate`` is the default one: :meth:`note_replies`, then the
     #: sample-weighted mean into :attr:`global_arrays` (so its replies can be streamed too).
     aggregate_is_mean: ClassVar[bool] = False
+    #: The method's ``aggregate`` is :meth:`combine` over one :meth:`contribution` per reply with
+    #: :meth:`masked_settings` and nothing else (HeteroFL, FedRolex): streamed under ``mean``.
+    aggregate_is_masked: ClassVar[bool] = False
 
     cfg: RunConfig
     shared: SharedConfig
@@ -183,10 +187,29 @@ class MethodHooks:
 
     def streams_replies(self) -> bool:
         """Whether train replies are aggregated one by one as they arrive: the default
-        sample-weighted :meth:`aggregate` (or :attr:`aggregate_is_mean`) under
-        ``aggregation = mean`` (FedAvg, FedAvg-drop, pFedAFM's G)."""
+        sample-weighted :meth:`aggregate` (or :attr:`aggregate_is_mean`) or a masked rule
+        (:attr:`aggregate_is_masked`) under ``aggregation = mean`` (FedAvg, FedAvg-drop,
+        pFedAFM's G, HeteroFL, FedRolex)."""
         plain = type(self).aggregate is MethodHooks.aggregate or self.aggregate_is_mean
-        return self.stream_replies and plain and self.shared.aggregation == "mean"
+        rule = plain or self.aggregate_is_masked
+        return self.stream_replies and rule and self.shared.aggregation == "mean"
+
+    def stream_rule(self, server_round: int) -> PlainRule | MaskedRule:
+        """The running sum a streamed round feeds (:mod:`fedhet.server.streaming`)."""
+        if self.aggregate_is_masked:
+            mode, server_lr = self.masked_settings()
+            return MaskedRule(
+                self.global_arrays, lambda r: self.contribution(server_round, r), mode, server_lr
+            )
+        return PlainRule(self.global_arrays)
+
+    def contribution(self, server_round: int, reply: Reply) -> Contribution:
+        """The masked contribution of one reply (methods with :attr:`aggregate_is_masked`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no masked contribution")
+
+    def masked_settings(self) -> tuple[str, float]:
+        """``(mode, server_lr)`` of the masked rule (methods with :attr:`aggregate_is_masked`)."""
+        return "holders", 1.0
 
     def supports_robust_rules(self) -> bool:
         """Whether ``aggregation = trimmed-mean | median`` applies: the default ``aggregate`` (full

@@ -34,13 +34,13 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from fedhet.core.aggregate import WeightedSum
+from fedhet.core.aggregate import Contribution, MaskedSum, WeightedSum
 from fedhet.core.robust import norm_outliers
 from fedhet.server.ledger import RoundLog
 from fedhet.server.replies import Reply
@@ -83,6 +83,65 @@ class Spill:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class PlainRule:
+    """B2 ``plain``: the sample-weighted mean of the replies' arrays; a reply without examples
+    adds nothing (the default ``aggregate``)."""
+
+    def __init__(self, base: Mapping[str, np.ndarray]) -> None:
+        self.acc = WeightedSum(base)
+
+    @property
+    def count(self) -> int:
+        """Contributions added."""
+        return self.acc.count
+
+    def check(self, reply: Reply) -> None:
+        """Raise ValueError if the reply cannot be added."""
+        self.acc.check(reply.arrays)
+
+    def add(self, reply: Reply) -> None:
+        """Add the reply (checked first)."""
+        if reply.num_examples > 0:
+            self.acc.add(reply.arrays, float(reply.num_examples))
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The new global arrays."""
+        return self.acc.result()
+
+
+class MaskedRule:
+    """B2 ``holders`` / ``zero-fill`` over the contribution a method makes of each reply
+    (:class:`fedhet.core.aggregate.MaskedSum`; HeteroFL, FedRolex)."""
+
+    def __init__(
+        self,
+        base: Mapping[str, np.ndarray],
+        contribution: Callable[[Reply], Contribution],
+        mode: str = "holders",
+        server_lr: float = 1.0,
+    ) -> None:
+        self.acc = MaskedSum(base)
+        self.contribution = contribution
+        self.mode, self.server_lr = mode, server_lr
+
+    @property
+    def count(self) -> int:
+        """Contributions added."""
+        return self.acc.count
+
+    def check(self, reply: Reply) -> None:
+        """Raise ValueError if the reply cannot be added."""
+        self.acc.check(self.contribution(reply))
+
+    def add(self, reply: Reply) -> None:
+        """Add the reply's contribution (checked first)."""
+        self.acc.add(self.contribution(reply))
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The new global arrays."""
+        return self.acc.result(mode=self.mode, server_lr=self.server_lr)
+
+
 class _Streaming(Protocol):
     """The strategy side of :func:`stream_mean` (:class:`~fedhet.server.strategy.FedhetStrategy`)."""
 
@@ -94,6 +153,8 @@ class _Streaming(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def note_replies(self, server_round: int, replies: list[Reply]) -> None: ...
+
+    def stream_rule(self, server_round: int) -> PlainRule | MaskedRule: ...
 
 
 def _drop(current: RoundLog, reply: Reply, reason: str) -> None:
@@ -115,7 +176,8 @@ def stream_mean(
     order: Mapping[int, int],
     spill_dir: str | Path | None = None,
 ) -> list[Reply]:
-    """Sample-weighted mean of checked replies, one reply in memory at a time.
+    """The strategy's streamed rule (:class:`PlainRule` or :class:`MaskedRule`, from its
+    ``stream_rule``) over checked replies, one reply in memory at a time.
 
     Parameters
     ----------
@@ -142,7 +204,7 @@ def stream_mean(
         The replies aggregated (outliers left out), without their arrays; the strategy's
         ``note_replies`` gets them after the mean.
     """
-    acc = WeightedSum(strategy.global_arrays)
+    acc = strategy.stream_rule(server_round)
     kept: list[Reply] = []
     norms: dict[Hashable, float] = {}
     with Spill(spill_dir) if factor > 0 else _NoSpill() as spill:
@@ -153,12 +215,12 @@ def stream_mean(
                 _drop(strategy.current, reply, "update norm is not finite")
                 continue
             try:
-                acc.check(reply.arrays)
                 if factor > 0:
+                    acc.check(reply)
                     spill.put(nid, reply.arrays)
-                elif reply.num_examples > 0:
+                else:
                     with np.errstate(over="ignore", invalid="ignore"):
-                        acc.add(reply.arrays, float(reply.num_examples))
+                        acc.add(reply)
             except (ValueError, OSError) as exc:
                 _drop(strategy.current, reply, f"{type(exc).__name__}: {exc}")
                 continue
@@ -176,8 +238,7 @@ def stream_mean(
         def finish() -> None:
             if factor > 0:
                 for r in kept:
-                    if r.num_examples > 0:
-                        acc.add(spill.get(r.node.node_id), float(r.num_examples))
+                    acc.add(Reply(r.node, spill.get(r.node.node_id), r.metrics, r.num_examples))
             if acc.count:
                 strategy.global_arrays = acc.result()
 

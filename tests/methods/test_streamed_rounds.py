@@ -1,5 +1,7 @@
 """Streamed rounds (issue 15 item 4) give the run the list path gives: same model, same lines.
 
+FedAvg, HeteroFL, FedRolex and pFedAFM stream their train replies by default.
+
 FedAvg runs twice on the in-process grid, once with train replies aggregated one by one as they
 are pulled (``stream_replies``, the default) and once holding the round's replies; one device
 sends a non-finite update in round 1 (refused by the reply checks) and an oversized one in
@@ -24,8 +26,8 @@ NODES = 4
 _TIMING = ("seconds", "t-", "time")
 
 
-def _run(tmp: Path, stream: bool, **over: Any) -> Any:
-    strategy, grid = make("fedavg", tmp, num_nodes=NODES, min_nodes=NODES, **over)
+def _run(tmp: Path, stream: bool, method: str = "fedavg", **over: Any) -> Any:
+    strategy, grid = make(method, tmp, num_nodes=NODES, min_nodes=NODES, **over)
     strategy.stream_replies = stream
     grid.reply_at_pull = stream  # streamed: devices answer when pulled (the grid holds no reply)
     victim = sorted(grid.contexts)[2]
@@ -71,3 +73,14 @@ def test_streamed_run_equals_list_run(tmp_path: Path, outlier_factor: float) -> 
     ]
     assert "NaN or Inf" in drops[0]
     assert (len(drops) == 2 and "update norm" in drops[1]) == (outlier_factor > 0)
+
+
+@pytest.mark.parametrize("method", ["heterofl", "fedrolex", "pfedafm"])
+def test_streamed_run_equals_list_run_for_other_streamed_rules(tmp_path: Path, method: str) -> None:
+    """HeteroFL / FedRolex (masked ``holders`` rule, no norm filter: sizes differ) and pFedAFM's G
+    (plain mean, filtered): the streamed run keeps the list run's model and lines."""
+    runs = {s: _run(tmp_path / str(s), s, method, round_timeout=30.0) for s in (True, False)}
+    assert runs[True].streams_replies() and not runs[False].streams_replies()
+    for name, arr in runs[False].global_arrays.items():
+        np.testing.assert_array_equal(runs[True].global_arrays[name], arr, err_msg=name)
+    assert _strip(runs[True].history) == _strip(runs[False].history)

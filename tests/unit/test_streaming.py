@@ -18,10 +18,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedhet.core.aggregate import Contribution, WeightedSum, weighted_mean
+from fedhet.core.aggregate import (
+    Contribution,
+    MaskedSum,
+    WeightedSum,
+    masked_mean,
+    weighted_mean,
+)
 from fedhet.server.ledger import RoundLog
 from fedhet.server.replies import Reply
-from fedhet.server.streaming import stream_mean
+from fedhet.server.streaming import PlainRule, stream_mean
 from fedhet.server.trust import drop_outliers
 
 SHAPES = {"conv.weight": (8, 3, 3, 3), "conv.bias": (8,), "fc.weight": (10, 32), "fc.bias": (10,)}
@@ -64,6 +70,9 @@ class _Strategy:
     def note_replies(self, server_round: int, replies: list[Reply]) -> None:
         self.noted = [r.node.node_id for r in replies]
 
+    def stream_rule(self, server_round: int) -> PlainRule:
+        return PlainRule(self.global_arrays)
+
 
 def _list_path(
     base: dict[str, np.ndarray], replies: list[Reply], factor: float
@@ -95,6 +104,31 @@ def test_weighted_sum_fed_one_by_one_equals_weighted_mean() -> None:
             np.testing.assert_allclose(got[name], direct / total, rtol=1e-6, atol=1e-6)
         else:
             assert got[name] == ref  # counters keep the base value
+
+
+@pytest.mark.parametrize("mode", ["holders", "zero-fill"])
+def test_masked_sum_fed_one_by_one_equals_masked_mean(mode: str) -> None:
+    rng = np.random.default_rng(6)
+    base = _base(rng)
+    contribs = []
+    for i, w in enumerate([1.0, 0.0, 4.0, 2.5]):
+        arrays = _reply(i, base, rng, 1).arrays
+        masks: dict[str, np.ndarray | bool] = {
+            k: rng.random(v.shape) < 0.6 for k, v in arrays.items() if v.ndim
+        }
+        if i == 2:
+            del arrays["fc.bias"]  # a tensor this device does not hold
+        contribs.append(Contribution(arrays, w, masks))
+    acc = MaskedSum(base)
+    for c in contribs:
+        acc.add(c)
+    got = acc.result(mode=mode, server_lr=0.7)
+    want = masked_mean(contribs, base, mode=mode, server_lr=0.7)
+    for name in base:
+        np.testing.assert_array_equal(got[name], want[name])
+    with pytest.raises(ValueError, match="shape"):
+        acc.add(Contribution({"fc.weight": np.zeros((2, 2), np.float32)}, 1.0))
+    assert acc.count == len(contribs)
 
 
 def test_weighted_sum_checks_before_adding() -> None:

@@ -1,9 +1,10 @@
 """Streaming aggregation: a round's replies are added one by one, never held together (issue 15,
 item 4, "Server memory").
 
-For the sample-weighted mean (B2 ``plain``, :class:`fedhet.core.aggregate.WeightedSum`), the server
-does not need every reply at once: it can add each checked reply to a float64 running sum and
-let it go. What it keeps per reply is bookkeeping (node, metrics, example count, update norm), so
+For the sample-weighted mean (B2 ``plain``, :class:`fedhet.core.aggregate.WeightedSum`: FedAvg,
+FedAvg-drop, pFedAFM's G) and the masked ``holders`` rule (:class:`~fedhet.core.aggregate.MaskedSum`
+over one contribution per reply: HeteroFL, FedRolex), the server does not need every reply at
+once: it can add each checked reply to float64 running sums and let it go. What it keeps per reply is bookkeeping (node, metrics, example count, update norm), so
 the ServerApp's memory is a small multiple of the model plus per-device bookkeeping, whatever
 the number of sampled devices.
 
@@ -23,9 +24,12 @@ Two paths, chosen by the run's norm-outlier filter (``outlier-factor``, :mod:`fe
 
 Every check that ran before a reply was aggregated still runs before it is added (a bad reply is
 dropped with its reason, never added); an aggregate that is not finite is rolled back
-(:func:`~fedhet.server.trust.guarded_aggregate`). Methods with their own ``aggregate`` and the
-robust rules (``trimmed-mean``, ``median``: coordinate-wise order statistics need every reply)
-keep the list-based path.
+(:func:`~fedhet.server.trust.guarded_aggregate`). Other methods' own ``aggregate`` (FIARSE,
+CoCoFL, GENE-FL, FedIT, FL-TAC, Standalone) and the robust rules (``trimmed-mean``, ``median``:
+coordinate-wise order statistics need every reply) keep the list-based path.
+
+Replies are pulled a few message ids at a time (:func:`fedhet.server.messaging.pull_chunk_for`:
+about 8 MB of replies per pull), so the pull itself never brings back the whole round.
 """
 
 from __future__ import annotations

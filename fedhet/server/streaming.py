@@ -151,6 +151,7 @@ class _Streaming(Protocol):
 
     global_arrays: dict[str, np.ndarray]
     current: RoundLog
+    run_dir: Any
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -200,7 +201,9 @@ def stream_mean(
     order : Mapping[int, int]
         Send position of each node id (the filtered path adds replies in this order).
     spill_dir : str or Path, optional
-        Where the filtered path's temporary folder goes (default: the system's).
+        Where the filtered path's temporary folder goes (default: the strategy's run folder, so
+        the spill lands on the output disk rather than a RAM-backed ``/tmp``; without a run
+        folder, the system's temporary folder).
 
     Returns
     -------
@@ -211,6 +214,8 @@ def stream_mean(
     acc = strategy.stream_rule(server_round)
     kept: list[Reply] = []
     norms: dict[Hashable, float] = {}
+    if spill_dir is None and getattr(strategy, "run_dir", None) is not None:
+        spill_dir = strategy.run_dir.path
     with Spill(spill_dir) if factor > 0 else _NoSpill() as spill:
         for reply in replies:
             nid = reply.node.node_id

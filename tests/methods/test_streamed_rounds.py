@@ -71,6 +71,7 @@ def test_streamed_run_equals_list_run(tmp_path: Path, outlier_factor: float) -> 
     drops = [
         d["reason"] for row in streamed.history for d in row["dropped"] if d["stage"] == "train"
     ]
+    assert not list(tmp_path.glob("**/fedhet-spill-*"))  # the filtered path's spill is gone
     assert "NaN or Inf" in drops[0]
     assert (len(drops) == 2 and "update norm" in drops[1]) == (outlier_factor > 0)
 

@@ -61,6 +61,7 @@ class _Strategy:
         self.global_arrays = base
         self.current = RoundLog(1)
         self.masked = masked
+        self.run_dir: Any = None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -190,8 +190,14 @@ class MethodHooks:
         sample-weighted :meth:`aggregate` (or :attr:`aggregate_is_mean`) or a masked rule
         (:attr:`aggregate_is_masked`) under ``aggregation = mean`` (FedAvg, FedAvg-drop,
         pFedAFM's G, HeteroFL, FedRolex)."""
-        plain = type(self).aggregate is MethodHooks.aggregate or self.aggregate_is_mean
-        rule = plain or self.aggregate_is_masked
+        cls = type(self)
+
+        def declared(flag: str) -> bool:  # a subclass overriding ``aggregate`` again loses it
+            owner = next((c for c in cls.__mro__ if flag in vars(c)), MethodHooks)
+            return bool(getattr(cls, flag)) and cls.aggregate is getattr(owner, "aggregate", None)
+
+        rule = cls.aggregate is MethodHooks.aggregate or declared("aggregate_is_mean")
+        rule = rule or declared("aggregate_is_masked")
         return self.stream_replies and rule and self.shared.aggregation == "mean"
 
     def stream_rule(self, server_round: int) -> PlainRule | MaskedRule:

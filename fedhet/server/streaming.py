@@ -230,7 +230,7 @@ def stream_mean(
                 else:
                     with np.errstate(over="ignore", invalid="ignore"):
                         acc.add(reply)
-            except (ValueError, OSError) as exc:
+            except Exception as exc:  # as in iter_train_replies: one reply never ends the round
                 _drop(strategy.current, reply, f"{type(exc).__name__}: {exc}")
                 continue
             norms[nid] = norm

@@ -85,3 +85,16 @@ def test_streamed_run_equals_list_run_for_other_streamed_rules(tmp_path: Path, m
     for name, arr in runs[False].global_arrays.items():
         np.testing.assert_array_equal(runs[True].global_arrays[name], arr, err_msg=name)
     assert _strip(runs[True].history) == _strip(runs[False].history)
+
+
+@pytest.mark.parametrize("method", ["fedavg", "heterofl", "pfedafm"])
+def test_a_subclass_with_its_own_aggregate_is_not_streamed(tmp_path: Path, method: str) -> None:
+    strategy, _ = make(method, tmp_path, num_nodes=NODES, min_nodes=NODES)
+    assert strategy.streams_replies()
+    strategy.__class__ = type("Own", (type(strategy),), {"aggregate": lambda s, r, replies: None})
+    assert not strategy.streams_replies()
+    strategy.__class__ = type("Same", (type(strategy).__mro__[1],), {})  # no override: streamed
+    assert strategy.streams_replies()
+    if method != "pfedafm":  # whose aggregation admits no robust rule
+        robust, _ = make(method, tmp_path / "robust", num_nodes=NODES, aggregation="median")
+        assert not robust.streams_replies()  # coordinate-wise order statistics need every reply

@@ -216,10 +216,16 @@ def stream_mean(
     norms: dict[Hashable, float] = {}
     if spill_dir is None and getattr(strategy, "run_dir", None) is not None:
         spill_dir = strategy.run_dir.path
+    shared: tuple[int, dict[str, np.ndarray]] = (0, {})  # float64 copy of a payload sent to all
     with Spill(spill_dir) if factor > 0 else _NoSpill() as spill:
         for reply in replies:
             nid = reply.node.node_id
-            norm = update_norms({nid: reply.arrays}, {nid: sent.get(nid, {})})[nid]
+            ref = sent.get(nid, {})
+            if ref is strategy.global_arrays:  # FedAvg: one conversion per round, not per reply
+                if shared[0] != id(ref):
+                    shared = (id(ref), {k: np.asarray(v, np.float64) for k, v in ref.items()})
+                ref = shared[1]
+            norm = update_norms({nid: reply.arrays}, {nid: ref})[nid]
             if not math.isfinite(norm):
                 _drop(strategy.current, reply, "update norm is not finite")
                 continue

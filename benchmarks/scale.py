@@ -1,6 +1,6 @@
 """Scale: registration time, round time vs sampled and registered devices, server memory, overhead.
 
-``python -m benchmarks.scale [--quick] [--flwr]`` measures, for FedAvg on Fashion-MNIST (``cnn_s``):
+``python -m benchmarks.scale [--quick] [--flwr] [--memory | --render]`` measures, for FedAvg on Fashion-MNIST (``cnn_s``):
 
 * **registration**: seconds to register N simulated devices (the real ClientApp's profile
   handler, compute micro-benchmark on, as by default) through the in-process grid;
@@ -8,9 +8,11 @@
   registered devices (100 sampled of 100 / 1,000);
 * **per-device overhead vs pure compute**: the steady round of 100 devices × 20 local steps (no
   evaluation) against the same SGD steps in plain PyTorch in the same process;
-* **ServerApp peak RSS** for 100 / 1,000 / 10,000 registered devices (100 sampled, 2 rounds): the
-  server runs alone in a fresh process against echo devices (they return the model they got), so
-  the figure is the server's own memory, not the clients';
+* **ServerApp memory** for 100 / 1,000 / 10,000 registered devices (100 sampled, 2 rounds) and
+  for 10 / 100 / 300 sampled of 1,000, each with streamed aggregation and with the round's
+  replies held (peak RSS, and ``tracemalloc``'s peak of round 2): the server runs alone in a
+  fresh process against echo devices (they return a copy of the model they got, made when the
+  server pulls it), so the figure is the server's own memory, not the clients';
 * with ``--flwr``, one ``flwr run`` simulation of 1,000 devices, 100 per round, 2 rounds.
 
 Every figure goes to ``benchmarks/results/scale.json``; ``scale.md`` and ``scale.png`` are written
@@ -164,16 +166,28 @@ def child_overhead(out: Path, n: int, steps: int) -> dict[str, Any]:
     }
 
 
-def child_server_rss(out: Path, n: int, sampled: int) -> dict[str, Any]:
-    """Peak RSS of the server alone with ``n`` registered echo devices, ``sampled`` per round."""
+def child_server_rss(out: Path, n: int, sampled: int, stream: bool = True) -> dict[str, Any]:
+    """Memory of the server alone with ``n`` registered echo devices, ``sampled`` per round.
+
+    Echo devices reply with a fresh copy of the arrays they were sent (new bytes, as a real
+    reply), produced when the server pulls the reply (``reply_at_pull``), so the grid holds no
+    round's replies in the server's process. Round 1 registers every device; round 2 (the last:
+    train, then an evaluate phase) is measured with ``tracemalloc`` (peak of what the round
+    allocates: messages, replies, decoded arrays, the aggregation). ``stream`` chooses between
+    streamed aggregation and holding the round's replies (``strategy.stream_replies``).
+    """
+    import gc
+    import tracemalloc
+
     from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
     from fedhet.methods import get_method, parse_run_config
     from fedhet.profile import build_profile, parse_node_config
+    from fedhet.server.ledger import to_array_record, to_numpy_dict
     from fedhet.sim import LocalGrid, simulated_node_configs
 
     def echo(msg: Message, ctx: Context) -> Message:
-        """A device that answers at no cost: its profile, or the arrays it was sent."""
+        """A device that answers at no cost: its profile, or a copy of the arrays it was sent."""
         kind = msg.metadata.message_type
         if kind.startswith("query"):
             node = parse_node_config(dict(ctx.node_config))
@@ -190,9 +204,8 @@ def child_server_rss(out: Path, n: int, sampled: int) -> dict[str, Any]:
         if kind == "evaluate":
             metrics = {"num-examples": 10, "eval-correct": 5, "eval-loss": 10.0}
             return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
-        content = RecordDict(
-            {"arrays": msg.content.array_records["arrays"], "metrics": MetricRecord(metrics)}
-        )
+        arrays = to_array_record(to_numpy_dict(msg.content.array_records["arrays"]))
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
         return Message(content, reply_to=msg)
 
     raw = _raw(
@@ -206,17 +219,35 @@ def child_server_rss(out: Path, n: int, sampled: int) -> dict[str, Any]:
         profile_bench=False,
     )
     base = _peak_rss_mb()
-    grid = LocalGrid(echo, simulated_node_configs(n), raw, keep_sent=False)
+    grid = LocalGrid(echo, simulated_node_configs(n), raw, keep_sent=False, reply_at_pull=True)
     strategy = get_method("fedavg").strategy_cls(parse_run_config(raw), None)
+    strategy.stream_replies = stream
+    run_round = strategy.run_round
+    traced: dict[str, int] = {}
+
+    def measured(grid: Any, server_round: int) -> Any:
+        if server_round < 2:
+            return run_round(grid, server_round)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            return run_round(grid, server_round)
+        finally:
+            traced["peak"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+
+    strategy.run_round = measured  # type: ignore[method-assign]
     start = time.perf_counter()
     strategy.start(grid)
     model_mb = sum(v.nbytes for v in strategy.global_arrays.values()) / 1e6
     return {
         "devices": n,
         "sampled": sampled,
+        "stream": stream,
         "seconds": time.perf_counter() - start,
         "rss-before-mb": base,
         "peak-rss-mb": _peak_rss_mb(),
+        "round-traced-peak-mb": traced["peak"] / 1e6,
         "model-mb": model_mb,
     }
 
@@ -229,9 +260,10 @@ CHILDREN = {
 }
 
 
-def _child(name: str, *args: Any) -> dict[str, Any]:
+def _child(name: str, out: Path, *args: Any) -> dict[str, Any]:
     """Run one measurement in a fresh ``nice`` process; its JSON result on the last line."""
-    cmd = [sys.executable, "-m", "benchmarks.scale", "--child", name, json.dumps(list(args))]
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--out", str(out), "--child", name]
+    cmd.append(json.dumps(list(args)))
     log.info("%s %s", name, args)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -275,6 +307,63 @@ def flwr_run(n: int, sampled: int, out: Path) -> dict[str, Any]:
         "total-seconds": total,
         "round-seconds": [r["wall-seconds"] for r in rows],
     }
+
+
+def _memory_lines(data: dict[str, Any]) -> list[str]:
+    """The ServerApp memory section: by registered devices, then by sampled devices."""
+    rows = data["server-rss"]
+    model = rows[0]["model-mb"]
+    lines = [
+        "",
+        "## ServerApp memory (server alone, echo devices)",
+        "",
+        f"FedAvg, `cnn_s` ({model:.2f} MB). *streamed*: train replies are added to a running "
+        "sum as they are pulled (`fedhet.server.streaming`); *held*: the round's replies are "
+        "kept together, then averaged (the path before issue 15 item 4). Peak RSS is the "
+        "process's (round 1 registers every device); round peak is `tracemalloc`'s peak of "
+        "round 2 (messages, replies, decoded arrays, aggregation), in MB and in models.",
+        "",
+        "| registered | sampled | aggregation | peak RSS (MB) | growth over start (MB) "
+        "| round peak (MB) | round peak (models) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows + [r for r in data.get("server-sampled", []) if r not in rows]:
+        traced = r.get("round-traced-peak-mb")
+        lines.append(
+            f"| {r['devices']} | {r['sampled']} | "
+            f"{'streamed' if r.get('stream', False) else 'held'} | {r['peak-rss-mb']:.0f} | "
+            f"{r['peak-rss-mb'] - r['rss-before-mb']:.0f} | "
+            + ("– | –" if traced is None else f"{traced:.1f} | {traced / r['model-mb']:.1f}")
+            + " |"
+        )
+    for stream in (True, False):
+        by_n = {r["devices"]: r for r in rows if r.get("stream", False) == stream}
+        lo, hi = min(by_n, default=0), max(by_n, default=0)
+        if hi > lo:
+            per = (by_n[hi]["peak-rss-mb"] - by_n[lo]["peak-rss-mb"]) * 1e3 / (hi - lo)
+            lines += [
+                "",
+                f"{'Streamed' if stream else 'Held'}: peak RSS grows by {per:.1f} kB per "
+                f"registered device from {lo:,} to {hi:,} registered "
+                f"({per / (1e3 * model):.4f} models per device).",
+            ]
+    sampled = data.get("server-sampled", [])
+    for stream in (True, False):
+        rs = sorted(
+            (r for r in sampled if r.get("stream", False) == stream), key=lambda r: r["sampled"]
+        )
+        if len(rs) > 1 and rs[0].get("round-traced-peak-mb") is not None:
+            a, b = rs[0], rs[-1]
+            per = (b["round-traced-peak-mb"] - a["round-traced-peak-mb"]) / (
+                b["sampled"] - a["sampled"]
+            )
+            lines += [
+                "",
+                f"{'Streamed' if stream else 'Held'}, {a['devices']:,} registered: the round "
+                f"peak grows by {1e3 * per:.0f} kB per sampled device from {a['sampled']} to "
+                f"{b['sampled']} sampled ({per / a['model-mb']:.3f} models per sampled device).",
+            ]
+    return lines
 
 
 def write_report(data: dict[str, Any], out: Path) -> Path:
@@ -324,18 +413,7 @@ def write_report(data: dict[str, Any], out: Path) -> Path:
             f"{1000 * o['overhead-per-device-s']:.1f} ms per device-round by wall-time difference (see the notes below on load).",
         ]
     )
-    lines += [
-        "",
-        "## ServerApp peak memory (server alone, echo devices, 100 sampled per round)",
-        "",
-        "| registered | peak RSS (MB) | growth over start (MB) | model (MB) |",
-        "|---|---|---|---|",
-    ]
-    for r in data["server-rss"]:
-        lines.append(
-            f"| {r['devices']} | {r['peak-rss-mb']:.0f} | "
-            f"{r['peak-rss-mb'] - r['rss-before-mb']:.0f} | {r['model-mb']:.2f} |"
-        )
+    lines += _memory_lines(data)
     if data.get("flwr"):
         f = data["flwr"]
         lines += [
@@ -357,8 +435,13 @@ def write_report(data: dict[str, Any], out: Path) -> Path:
     axes[0].set_xlabel("sampled devices per round")
     axes[0].set_ylabel("steady round (s)")
     axes[0].grid(alpha=0.3)
-    sr = data["server-rss"]
-    axes[1].plot([r["devices"] for r in sr], [r["peak-rss-mb"] for r in sr], "o-")
+    for stream, label in ((True, "streamed"), (False, "replies held")):
+        sr = [r for r in data["server-rss"] if r.get("stream", False) == stream]
+        if sr:
+            axes[1].plot(
+                [r["devices"] for r in sr], [r["peak-rss-mb"] for r in sr], "o-", label=label
+            )
+    axes[1].legend()
     axes[1].set_xscale("log")
     axes[1].set_xlabel("registered devices")
     axes[1].set_ylabel("ServerApp peak RSS (MB)")
@@ -371,11 +454,33 @@ def write_report(data: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def memory_runs(out: Path, quick: bool) -> dict[str, Any]:
+    """ServerApp memory, streamed and held: 100 sampled of 100 / 1,000 / 10,000 registered, and
+    10 / 100 / 300 sampled of 1,000 registered (``--quick``: no 10,000, 10 / 100 sampled)."""
+    registered = (100, 1000) if quick else (100, 1000, 10000)
+    rss = [_child("server-rss", out, n, 100, s) for n in registered for s in (True, False)]
+    reused = [r for r in rss if r["devices"] == 1000]
+    extra = [
+        _child("server-rss", out, 1000, k, s)
+        for k in ((10,) if quick else (10, 300))
+        for s in (True, False)
+    ]
+    return {"server-rss": rss, "server-sampled": sorted(reused + extra, key=lambda r: r["sampled"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 devices at most, no 10,000")
     parser.add_argument("--flwr", action="store_true", help="also 1,000 devices through flwr run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the ServerApp memory runs (streamed and held), merged into scale.json",
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite scale.md/scale.png from scale.json"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="?", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -384,6 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(CHILDREN[args.child](args.out, *json.loads(args.args))))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.memory or args.render:
+        data = json.loads((args.out / "scale.json").read_text())
+        if args.memory:
+            data.update(memory_runs(args.out, args.quick))
+            (args.out / "scale.json").write_text(json.dumps(data, indent=2))
+        print(write_report(data, args.out))
+        return 0
     big = 100 if args.quick else 1000
     data: dict[str, Any] = {
         "note": f"FedAvg, Fashion-MNIST, cnn_s, on a shared 2-core host (load {os.getloadavg()[0]:.0f}"
@@ -394,10 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         + ([_child("rounds", args.out, 100, 1.0, 2, True)] if big > 100 else []),
         "overhead": _child("overhead", args.out, 20 if args.quick else 100, 20),
-        "server-rss": [
-            _child("server-rss", args.out, n, min(100, n))
-            for n in ((100, 1000) if args.quick else (100, 1000, 10000))
-        ],
+        **memory_runs(args.out, args.quick),
     }
     if args.flwr:
         data["flwr"] = flwr_run(1000, 100, args.out)

@@ -37,6 +37,10 @@ class LocalGrid(Grid):
     keep_sent : bool
         Keep every sent message in :attr:`sent_log` (tests inspect them). Off for long runs: with
         100 devices a round's messages hold 100 copies of the model.
+    reply_at_pull : bool
+        Run a node's handler when its reply is pulled, not when the message is pushed, so the
+        grid never holds a round's replies (as a SuperLink holds them outside the ServerApp's
+        process); the server-memory benchmark measures the ServerApp alone this way.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class LocalGrid(Grid):
         run_config: dict[str, Any],
         run_id: int = 1,
         keep_sent: bool = True,
+        reply_at_pull: bool = False,
     ) -> None:
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
@@ -60,6 +65,8 @@ class LocalGrid(Grid):
         self._run: Any = None
         self.sent_log: list[Message] = []
         self.keep_sent = keep_sent
+        self.reply_at_pull = reply_at_pull
+        self._pushed: dict[str, Message] = {}
         for cfg in node_configs:
             self.add_node(cfg)
 
@@ -105,11 +112,18 @@ class LocalGrid(Grid):
             ids.append(msg.metadata.message_id)
             if self.keep_sent:
                 self.sent_log.append(msg)
-            self._replies[msg.metadata.message_id] = self._handle(msg)
+            if self.reply_at_pull:
+                self._pushed[msg.metadata.message_id] = msg
+            else:
+                self._replies[msg.metadata.message_id] = self._handle(msg)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        replies = [self._replies.pop(i, None) for i in list(message_ids)]
+        ids = list(message_ids)
+        for i in ids:
+            if i in self._pushed:
+                self._replies[i] = self._handle(self._pushed.pop(i))
+        replies = [self._replies.pop(i, None) for i in ids]
         return [r for r in replies if r is not None]
 
     def send_and_receive(

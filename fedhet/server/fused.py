@@ -24,7 +24,7 @@ its checkpoint (:meth:`PendingEval.to_state`) and completes it after a resume.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,23 +86,47 @@ def split_replies(replies: Iterable[Message]) -> tuple[list[Message], list[Messa
     tuple[list[Message], list[Message]]
         ``(train_replies, eval_replies)``.
     """
-    train: list[Message] = []
     evals: list[Message] = []
+    train = list(split_stream(replies, evals))
+    return train, evals
+
+
+def split_stream(replies: Iterable[Message], evals: list[Message]) -> Iterator[Message]:
+    """:func:`split_replies` one reply at a time: yields the train replies, appends the evaluation
+    replies (metrics only) to ``evals``; a streamed round aggregates its train replies as they
+    arrive (:mod:`fedhet.server.streaming`)."""
     for reply in replies:
         if reply.metadata.message_type != "train":
             evals.append(reply)
             continue
-        train.append(reply)
-        if reply.has_error() or EVAL_RECORD not in reply.content.metric_records:
-            continue
-        record = reply.content.metric_records[EVAL_RECORD]
-        del reply.content[EVAL_RECORD]
-        # Message(metadata=…) is how Flower's own make_message copies a message's metadata
-        view = Message(  # type: ignore[call-overload]
-            metadata=reply.metadata, content=RecordDict({"metrics": MetricRecord(dict(record))})
-        )
-        evals.append(view)
-    return train, evals
+        if not reply.has_error() and EVAL_RECORD in reply.content.metric_records:
+            record = reply.content.metric_records[EVAL_RECORD]
+            del reply.content[EVAL_RECORD]
+            # Message(metadata=…) is how Flower's own make_message copies a message's metadata
+            view = Message(  # type: ignore[call-overload]
+                metadata=reply.metadata,
+                content=RecordDict({"metrics": MetricRecord(dict(record))}),
+            )
+            evals.append(view)
+        yield reply
+
+
+def pool_pending(strategy: Any, evals: list[Message]) -> None:
+    """Pool the pending round's evaluation replies into its line and queue the line for writing.
+
+    ``strategy`` is the running :class:`~fedhet.server.strategy.FedhetStrategy`; its own
+    ``aggregate_evaluate`` runs on the pending round's ledger (see :func:`complete`).
+    """
+    pending = strategy._pending
+    if pending is None:
+        return
+    current, strategy.current = strategy.current, pending.ledger()
+    try:
+        evaluation = strategy.aggregate_evaluate(pending.server_round, evals)
+    finally:
+        strategy.current = current
+    strategy._finished.append(complete(pending, evaluation))
+    strategy._pending = None
 
 
 def complete(pending: PendingEval, evaluation: MetricRecord | None) -> RoundRecord:

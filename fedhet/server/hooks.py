@@ -28,6 +28,7 @@ from fedhet.profile import DeviceProfile
 from fedhet.server.evaluation import global_model_metrics
 from fedhet.server.registration import Node
 from fedhet.server.replies import Reply
+from fedhet.server.streaming import MaskedRule, PlainRule
 from fedhet.server.validate import ArraySpec, spec_of, validate_arrays
 
 log = logging.getLogger("fedhet")
@@ -65,6 +66,15 @@ class MethodHooks:
     comparable_updates: ClassVar[bool] = True
     #: The method's ``aggregate`` goes through :meth:`combine` (so the robust rules apply).
     aggregates_with_combine: ClassVar[bool] = False
+    #: Add train replies to a running sum as they arrive (:mod:`fedhet.server.streaming`) where
+    #: :meth:`streams_replies` allows it; False holds every reply of a round (benchmarks compare).
+    stream_replies: bool = True
+    #: The method's ``aggregate`` is the default one: :meth:`note_replies`, then the
+    #: sample-weighted mean into :attr:`global_arrays` (so its replies can be streamed too).
+    aggregate_is_mean: ClassVar[bool] = False
+    #: The method's ``aggregate`` is :meth:`combine` over one :meth:`contribution` per reply with
+    #: :meth:`masked_settings` and nothing else (HeteroFL, FedRolex): streamed under ``mean``.
+    aggregate_is_masked: ClassVar[bool] = False
 
     cfg: RunConfig
     shared: SharedConfig
@@ -159,13 +169,53 @@ class MethodHooks:
         """Update :attr:`global_arrays` from validated replies (default: sample-weighted mean).
 
         Replies with no training examples carry no weight and are left out; without any
-        weighted reply the global arrays stay as they are.
+        weighted reply the global arrays stay as they are. :meth:`note_replies` runs first.
         """
+        self.note_replies(server_round, replies)
         contribs = [
             Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0
         ]
         if contribs:
             self.global_arrays = weighted_mean(contribs, self.global_arrays)
+
+    def note_replies(self, server_round: int, replies: list[Reply]) -> None:
+        """Per-round bookkeeping from the aggregated replies' metrics (default: none).
+
+        Called by the default :meth:`aggregate` before the mean and, when replies are streamed,
+        after it, with replies that no longer carry their arrays: use metrics only.
+        """
+
+    def streams_replies(self) -> bool:
+        """Whether train replies are aggregated one by one as they arrive: the default
+        sample-weighted :meth:`aggregate` (or :attr:`aggregate_is_mean`) or a masked rule
+        (:attr:`aggregate_is_masked`) under ``aggregation = mean`` (FedAvg, FedAvg-drop,
+        pFedAFM's G, HeteroFL, FedRolex)."""
+        cls = type(self)
+
+        def declared(flag: str) -> bool:  # a subclass overriding ``aggregate`` again loses it
+            owner = next((c for c in cls.__mro__ if flag in vars(c)), MethodHooks)
+            return bool(getattr(cls, flag)) and cls.aggregate is getattr(owner, "aggregate", None)
+
+        rule = cls.aggregate is MethodHooks.aggregate or declared("aggregate_is_mean")
+        rule = rule or declared("aggregate_is_masked")
+        return self.stream_replies and rule and self.shared.aggregation == "mean"
+
+    def stream_rule(self, server_round: int) -> PlainRule | MaskedRule:
+        """The running sum a streamed round feeds (:mod:`fedhet.server.streaming`)."""
+        if self.aggregate_is_masked:
+            mode, server_lr = self.masked_settings()
+            return MaskedRule(
+                self.global_arrays, lambda r: self.contribution(server_round, r), mode, server_lr
+            )
+        return PlainRule(self.global_arrays)
+
+    def contribution(self, server_round: int, reply: Reply) -> Contribution:
+        """The masked contribution of one reply (methods with :attr:`aggregate_is_masked`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no masked contribution")
+
+    def masked_settings(self) -> tuple[str, float]:
+        """``(mode, server_lr)`` of the masked rule (methods with :attr:`aggregate_is_masked`)."""
+        return "holders", 1.0
 
     def supports_robust_rules(self) -> bool:
         """Whether ``aggregation = trimmed-mean | median`` applies: the default ``aggregate`` (full

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,12 @@ FIRST_INTERVAL_S = 0.05
 MAX_INTERVAL_S = 0.2
 #: How often one message is pushed again after a transient error reply.
 MAX_RETRIES = 2
+#: Message ids per pull when replies are streamed (at most this many replies held at once);
+#: :func:`pull_chunk_for` sizes it from the reply size.
+PULL_CHUNK = 16
+#: Bytes of replies one streamed pull may bring back, and the bounds of its message count.
+PULL_BYTES = 8 * 1024 * 1024
+PULL_CHUNK_RANGE = (2, 64)
 
 # flwr.common.constant.ErrorCode values (stable across 1.x): the message or its reply was not
 # available, or the ClientApp process died before it ran fedhet's code.
@@ -55,12 +61,15 @@ class Exchange:
         Epoch seconds when the batch was pushed.
     arrived_at : dict[str, float]
         Epoch seconds when each reply was pulled, by the id of the message it answers.
+    position : dict[str, int]
+        Send position of each message id (a re-sent message keeps its original's).
     """
 
     replies: list[Message] = field(default_factory=list)
     dst: dict[str, int] = field(default_factory=dict)
     pushed_at: float = 0.0
     arrived_at: dict[str, float] = field(default_factory=dict)
+    position: dict[str, int] = field(default_factory=dict)
 
 
 def is_transient(reply: Message) -> bool:
@@ -111,16 +120,56 @@ def send_and_receive(
         The replies, the destination of every message id (to map replies back) and when each
         reply arrived.
     """
+    out = Exchange()
+    out.replies.extend(
+        iter_replies(
+            grid, messages, timeout, out, max_interval=max_interval, max_retries=max_retries
+        )
+    )
+    # Replies in the order their messages were sent, not the order the message ids sort or the
+    # replies arrive in: aggregation and K-means inputs stay bit-reproducible (METHODS §0).
+    out.replies.sort(key=lambda r: out.position[r.metadata.reply_to_message_id])
+    return out
+
+
+def pull_chunk_for(reply_bytes: int) -> int:
+    """Message ids per streamed pull: about :data:`PULL_BYTES` of replies of ``reply_bytes``
+    each, within :data:`PULL_CHUNK_RANGE` (few round trips for small models, few replies held
+    at once for large ones)."""
+    low, high = PULL_CHUNK_RANGE
+    return max(low, min(high, PULL_BYTES // max(int(reply_bytes), 1)))
+
+
+def iter_replies(
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float,
+    out: Exchange,
+    *,
+    max_interval: float = MAX_INTERVAL_S,
+    max_retries: int = MAX_RETRIES,
+    pull_chunk: int = PULL_CHUNK,
+) -> Iterator[Message]:
+    """The replies of :func:`send_and_receive`, one by one as they are pulled (issue 15, item 4).
+
+    Nothing here keeps a reply once it is yielded, so a consumer that aggregates each reply and
+    lets it go holds one reply at a time instead of the round's. ``out`` receives the message
+    destinations (filled at the push, before the first reply is yielded), push and arrival
+    times and each message id's send position; ``out.replies`` is left alone. Replies come in
+    arrival order; with ``pull_chunk`` > 0 (default :data:`PULL_CHUNK`) at most that many
+    message ids are pulled per call, in send order, so a pull never brings back more than
+    ``pull_chunk`` replies at once (0: all pending ids in one pull).
+    """
     msgs = list(messages)
-    out = Exchange(pushed_at=time.time())
+    out.pushed_at = time.time()
     if not msgs:
-        return out
+        return
     end = out.pushed_at + timeout
     by_id: dict[str, Message] = {}
     dst = out.dst
     tries: dict[int, int] = {}
     #: Position of each message id's original message in ``msgs`` (a re-send inherits it).
-    position: dict[str, int] = {}
+    position = out.position
 
     def push(batch: list[Message], positions: list[int]) -> None:
         for msg, pos, mid in zip(batch, positions, grid.push_messages(batch), strict=False):
@@ -132,31 +181,39 @@ def send_and_receive(
             position[mid] = pos
 
     push(msgs, list(range(len(msgs))))
+    del msgs
     pending = set(by_id)
-    replies = out.replies
     interval = FIRST_INTERVAL_S
     while pending:
         retry: list[Message] = []
         retry_at: list[int] = []
-        for reply in grid.pull_messages(sorted(pending)):
-            mid = reply.metadata.reply_to_message_id
-            if mid not in pending:
-                continue
-            pending.discard(mid)
-            out.arrived_at[mid] = time.time()
-            node = dst[mid]
-            if is_transient(reply) and tries.get(node, 0) < max_retries and time.time() < end:
-                tries[node] = tries.get(node, 0) + 1
-                log.info(
-                    "node %s: transient error (%s), sending the message again (try %d)",
-                    node,
-                    reply.error.reason,
-                    tries[node] + 1,
-                )
-                retry.append(_copy(by_id[mid]))
-                retry_at.append(position[mid])
-                continue
-            replies.append(reply)
+        ids = sorted(pending, key=position.__getitem__)
+        step = pull_chunk if pull_chunk > 0 else len(ids)
+        for first in range(0, len(ids), step):
+            batch = list(grid.pull_messages(ids[first : first + step]))
+            batch.reverse()
+            while batch:
+                reply = batch.pop()  # the batch lets go of each reply as it is handed on
+                mid = reply.metadata.reply_to_message_id
+                if mid not in pending:
+                    continue
+                pending.discard(mid)
+                out.arrived_at[mid] = time.time()
+                node = dst[mid]
+                if is_transient(reply) and tries.get(node, 0) < max_retries and time.time() < end:
+                    tries[node] = tries.get(node, 0) + 1
+                    log.info(
+                        "node %s: transient error (%s), sending the message again (try %d)",
+                        node,
+                        reply.error.reason,
+                        tries[node] + 1,
+                    )
+                    retry.append(_copy(by_id[mid]))
+                    retry_at.append(position[mid])
+                    continue
+                by_id.pop(mid, None)
+                yield reply
+                del reply
         if retry:
             before = set(by_id)
             push(retry, retry_at)
@@ -165,18 +222,27 @@ def send_and_receive(
             break
         time.sleep(min(interval, max(0.0, end - time.time())))
         interval = min(interval * 2, max_interval)
-    # Replies in the order their messages were sent, not the order the message ids sort or the
-    # replies arrive in: aggregation and K-means inputs stay bit-reproducible (METHODS §0).
-    replies.sort(key=lambda r: position[r.metadata.reply_to_message_id])
-    return out
 
 
 def stamp_replies(exchange: Exchange, entries: dict[int, dict[str, Any]]) -> None:
     """Write push and reply times into each answering node's ledger entry (``t-<type>-pushed``,
     ``t-<type>-replied``), for the deployment benchmark's per-phase breakdown."""
     for reply in exchange.replies:
-        entry = entries.get(exchange.dst.get(reply.metadata.reply_to_message_id, -1))
-        if entry is not None:
-            kind = reply.metadata.message_type
-            entry[f"t-{kind}-pushed"] = exchange.pushed_at
-            entry[f"t-{kind}-replied"] = exchange.arrived_at[reply.metadata.reply_to_message_id]
+        _stamp(reply, exchange, entries)
+
+
+def stamp_stream(
+    replies: Iterable[Message], exchange: Exchange, entries: dict[int, dict[str, Any]]
+) -> Iterator[Message]:
+    """:func:`stamp_replies` for replies handed on one by one (:func:`iter_replies`)."""
+    for reply in replies:
+        _stamp(reply, exchange, entries)
+        yield reply
+
+
+def _stamp(reply: Message, exchange: Exchange, entries: dict[int, dict[str, Any]]) -> None:
+    entry = entries.get(exchange.dst.get(reply.metadata.reply_to_message_id, -1))
+    if entry is not None:
+        kind = reply.metadata.message_type
+        entry[f"t-{kind}-pushed"] = exchange.pushed_at
+        entry[f"t-{kind}-replied"] = exchange.arrived_at[reply.metadata.reply_to_message_id]

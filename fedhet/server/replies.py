@@ -12,7 +12,7 @@ reply before the timeout is logged as ``no-reply``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,21 @@ def collect_train_replies(
     check: ReplyCheck,
     read: ReplyReader,
 ) -> list[Reply]:
-    """The usable train replies of a round; every other one is dropped with its reason.
+    """The usable train replies of a round, as a list (see :func:`iter_train_replies`)."""
+    return list(iter_train_replies(replies, node_of, current, totals, check, read))
+
+
+def iter_train_replies(
+    replies: Iterable[Message],
+    node_of: Callable[[Message], Node | None],
+    current: RoundLog,
+    totals: dict[str, int],
+    check: ReplyCheck,
+    read: ReplyReader,
+) -> Iterator[Reply]:
+    """The usable train replies of a round, one at a time; every other one is dropped with its
+    reason. Each reply is checked completely before it is yielded; once the iterator is
+    exhausted, the sampled nodes that did not reply are logged as ``no-reply``.
 
     Parameters
     ----------
@@ -67,12 +81,11 @@ def collect_train_replies(
     read : ReplyReader
         Checks records, arrays (before decoding) and metrics against the node's plan.
 
-    Returns
-    -------
-    list[Reply]
-        Validated replies, in arrival order.
+    Yields
+    ------
+    Reply
+        Validated replies, in the order of ``replies``.
     """
-    valid: list[Reply] = []
     for reply in replies:
         node = node_of(reply)
         if node is None:
@@ -112,9 +125,10 @@ def collect_train_replies(
         )
         entry["num-examples"] = n
         entry.update({k: v for k, v in metrics.items() if k.startswith("measured-")})
-        valid.append(Reply(node, arrays, metrics, n))
+        del reply, checked
+        yield Reply(node, arrays, metrics, n)
+        del arrays
     for entry in current.nodes.values():
         if entry["status"] == "sent":
             entry["status"] = "no-reply"
             current.drop(entry["node-id"], entry["device-id"], "train", "no reply before timeout")
-    return valid

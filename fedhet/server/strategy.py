@@ -39,7 +39,7 @@ from fedhet.plan import NodePlan, budget_for, plan_knobs_of
 from fedhet.profile import DeviceProfile
 from fedhet.server.checkpoint import PENDING_KEY, checkpoint_state, restore_strategy
 from fedhet.server.evaluation import GlobalTest, pool_eval_replies
-from fedhet.server.fused import PendingEval, complete, due_evaluations, split_replies
+from fedhet.server.fused import PendingEval, due_evaluations, pool_pending, split_stream
 from fedhet.server.hooks import Arrays, ConfigValues, MethodHooks
 from fedhet.server.ledger import (
     RoundLog,
@@ -51,7 +51,14 @@ from fedhet.server.ledger import (
     to_array_record,
     to_numpy_dict,
 )
-from fedhet.server.messaging import send_and_receive, stamp_replies
+from fedhet.server.messaging import (
+    Exchange,
+    iter_replies,
+    pull_chunk_for,
+    send_and_receive,
+    stamp_replies,
+    stamp_stream,
+)
 from fedhet.server.registration import (
     QUERY_PROFILE,
     REGISTRATION_TIMEOUT_S,
@@ -62,8 +69,9 @@ from fedhet.server.registration import (
     sample_nodes,
     wait_for_nodes,
 )
-from fedhet.server.replies import Reply, collect_train_replies
+from fedhet.server.replies import Reply, collect_train_replies, iter_train_replies
 from fedhet.server.run_dir import RunDir, RunDirLocked
+from fedhet.server.streaming import stream_mean
 from fedhet.server.trust import (
     IdleWatch,
     RunFailed,
@@ -330,25 +338,22 @@ class FedhetStrategy(MethodHooks, Strategy):
             The global arrays after :meth:`aggregate`, and ``num-replies`` plus the
             sample-weighted ``train-loss``.
         """
-        valid = collect_train_replies(
-            replies,
-            self._reply_node,
-            self.current,
-            self.totals,
-            self._checker(server_round),
-            self._reader(server_round),
-        )
+        reading = (self._reply_node, self.current, self.totals)
+        checks = (self._checker(server_round), self._reader(server_round))
         sent = {} if self.replies_are_updates else self._sent_train
         factor = self.shared.outlier_factor if self.comparable_updates else 0.0
-        valid = drop_outliers(valid, sent, factor, self.current)
-        if valid:
-            robust = self.shared.aggregation != "mean"
-            guarded_aggregate(
-                self,
-                server_round,
-                lambda: (self.robust_aggregate if robust else self.aggregate)(server_round, valid),
-                self.current,
-            )
+        if self.streams_replies():  # one reply in memory at a time (fedhet.server.streaming)
+            order = {nid: i for i, nid in enumerate(self._sent_train)}
+            stream = iter_train_replies(replies, *reading, *checks)
+            valid = stream_mean(self, server_round, stream, sent, factor, order)
+        else:
+            valid = collect_train_replies(replies, *reading, *checks)
+            valid = drop_outliers(valid, sent, factor, self.current)
+            rule = self.robust_aggregate if self.shared.aggregation != "mean" else self.aggregate
+            if valid:
+                guarded_aggregate(
+                    self, server_round, lambda: rule(server_round, valid), self.current
+                )
         total_n = sum(r.num_examples for r in valid)
         metrics_out: dict[str, int | float | list[int] | list[float]] = {"num-replies": len(valid)}
         if total_n > 0:
@@ -385,10 +390,18 @@ class FedhetStrategy(MethodHooks, Strategy):
     # ------------------------------------------------------------------------------------------
     # The round loop
     # ------------------------------------------------------------------------------------------
-    def _send(self, grid: Grid, msgs: list[Message]) -> list[Message]:
+    def _send(self, grid: Grid, msgs: list[Message], stream: bool = False) -> Iterable[Message]:
+        """The replies: a list, or with ``stream`` an iterator handing each on as it is pulled."""
         if not msgs:
             return []
-        exchange = send_and_receive(grid, msgs, self.shared.round_timeout)
+        timeout = self.shared.round_timeout
+        if stream:
+            out = Exchange()
+            self._sent = out.dst
+            chunk = pull_chunk_for(sum(a.nbytes for a in self.global_arrays.values()))
+            pulled = iter_replies(grid, msgs, timeout, out, pull_chunk=chunk)
+            return stamp_stream(pulled, out, self.current.nodes)
+        exchange = send_and_receive(grid, msgs, timeout)
         self._sent = exchange.dst
         stamp_replies(exchange, self.current.nodes)  # for the deployment benchmark's breakdown
         return exchange.replies
@@ -440,17 +453,16 @@ class FedhetStrategy(MethodHooks, Strategy):
         for entry in self.current.nodes.values():
             entry["train-payload-bytes-down"] = entry["payload-bytes-down"]
         trained = {m.metadata.dst_node_id for m in train_msgs}
-        replies = self._send(grid, train_msgs + due_evaluations(self, trained))
+        stream = self.streams_replies()
+        replies = self._send(grid, train_msgs + due_evaluations(self, trained), stream)
+        evals: list[Message] = []
         if self._pending is not None:
-            replies, evals = split_replies(replies)
-            pending, current, self.current = self._pending, self.current, self._pending.ledger()
-            try:
-                evaluation = self.aggregate_evaluate(pending.server_round, evals)
-            finally:
-                self.current = current
-            self._finished.append(complete(pending, evaluation))
-            self._pending = None
+            replies = split_stream(replies, evals)
+            if not stream:
+                replies = list(replies)
+                pool_pending(self, evals)
         _, train_metrics = self.aggregate_train(server_round, replies)
+        pool_pending(self, evals)  # streamed: its evaluation replies came with the train replies
         nodes = self.current.nodes.values()
         self.current.extras["train-bytes-down"] = sum(e["bytes-down"] for e in nodes)
         self.current.extras["train-bytes-up"] = sum(e["bytes-up"] for e in nodes)

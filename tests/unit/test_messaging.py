@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 
-from fedhet.server.messaging import is_transient, send_and_receive
+from fedhet.server.messaging import (
+    PULL_BYTES,
+    PULL_CHUNK_RANGE,
+    Exchange,
+    is_transient,
+    iter_replies,
+    pull_chunk_for,
+    send_and_receive,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -121,3 +129,35 @@ def test_a_resent_message_keeps_its_place() -> None:
     exchange = send_and_receive(FakeGrid(delay=0.0, flaky=flaky), _msgs(nodes), timeout=5.0)
     assert [exchange.dst[r.metadata.reply_to_message_id] for r in exchange.replies] == nodes
     assert not any(r.has_error() for r in exchange.replies)
+
+
+def test_streamed_replies_are_pulled_in_small_batches_and_handed_on_one_by_one() -> None:
+    """Issue 15 item 4: a streamed exchange pulls at most ``pull_chunk`` message ids per call
+    (so a pull brings back few replies at once), in send order, and keeps no reply itself."""
+
+    class Recording(FakeGrid):
+        def __init__(self) -> None:
+            super().__init__(delay=0.0, flaky={7: Error(code=3, reason="transient")})
+            self.sizes: list[int] = []
+
+        def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+            ids = list(message_ids)
+            self.sizes.append(len(ids))
+            return super().pull_messages(ids)
+
+    grid: Any = Recording()
+    nodes = list(range(40, 0, -1))
+    out = Exchange()
+    stream = iter_replies(grid, _msgs(nodes), 5.0, out, pull_chunk=6)
+    assert not grid.pushed  # nothing happens before the first reply is asked for
+    got = [out.dst[r.metadata.reply_to_message_id] for r in stream]
+    assert sorted(got) == sorted(nodes) and len(got) == len(set(got))
+    assert got[:6] == nodes[:6]  # each pull asks for the earliest-sent pending ids
+    assert max(grid.sizes) <= 6 and out.replies == []
+    assert len(grid.pushed) == 41  # node 7's message was pushed again
+
+
+def test_pull_chunk_follows_the_reply_size() -> None:
+    low, high = PULL_CHUNK_RANGE
+    assert pull_chunk_for(1) == high and pull_chunk_for(10**12) == low
+    assert pull_chunk_for(PULL_BYTES // 5) == max(low, min(high, 5))

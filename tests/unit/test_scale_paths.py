@@ -154,3 +154,53 @@ def test_local_grid_can_forget_sent_messages() -> None:
         msg = grid.create_message(RecordDict(), "query.profile", 1000, "")
         assert len(list(grid.send_and_receive([msg]))) == 1
         assert len(grid.sent_log) == (1 if keep else 0)
+
+
+def test_scale_child_command_is_json_and_takes_out_as_an_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``benchmarks.scale`` passed its output Path inside the JSON arguments (a TypeError before
+    any child ran); the folder now travels as ``--out``."""
+    import json
+    import subprocess
+    from types import SimpleNamespace
+
+    from benchmarks import scale
+
+    seen: dict[str, list[str]] = {}
+
+    def run(cmd: list[str], **_: object) -> SimpleNamespace:
+        seen["cmd"] = cmd
+        return SimpleNamespace(returncode=0, stdout='{"ok": 1}\n', stderr="")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    assert scale._child("server-rss", tmp_path, 100, 10, True) == {"ok": 1}
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path)
+    assert json.loads(cmd[-1]) == [100, 10, True]
+
+
+def test_local_grid_can_answer_at_pull_time() -> None:
+    """``reply_at_pull``: the handler runs when the reply is pulled, so the grid holds no reply
+    of the round between the push and the pull (the server-memory benchmark relies on it)."""
+    from flwr.app import Message, RecordDict
+
+    calls: list[int] = []
+
+    def app(msg: Message, ctx: object) -> Message:
+        calls.append(msg.metadata.dst_node_id)
+        return Message(RecordDict(), reply_to=msg)
+
+    grid = LocalGrid(app, [{"partition-id": 0}, {"partition-id": 1}], {}, reply_at_pull=True)
+    ids = list(
+        grid.push_messages(
+            [
+                Message(RecordDict(), dst_node_id=n, message_type="train")
+                for n in grid.get_node_ids()
+            ]
+        )
+    )
+    assert calls == [] and not grid._replies
+    first = list(grid.pull_messages(ids[:1]))
+    assert len(first) == 1 and calls == [1000]
+    assert len(list(grid.pull_messages(ids))) == 1 and calls == [1000, 1001]

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from fedhet.config import ConfigError, RunConfig
-from fedhet.core.aggregate import Contribution, weighted_mean
 from fedhet.core.seeding import derive_seed
 from fedhet.core.summaries import mean_by_group, mean_over_devices
 from fedhet.methods.pfedafm import wire
@@ -81,8 +80,17 @@ class PfedafmStrategy(ArchFamilyStrategy):
         self.mark_arch(node)
         return self.global_arrays, {}
 
+    #: θ^t is the plain sample-weighted mean of the θ_k: replies are streamed (issue 15 item 4).
+    aggregate_is_mean: ClassVar[bool] = True
+
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
-        """θ^t = Σ_k n_k θ_k / Σ_k n_k over the valid replies (B2 ``plain``); log α per node."""
+        """θ^t = Σ_k n_k θ_k / Σ_k n_k over the valid replies (B2 ``plain``), after
+        :meth:`note_replies`. Overridden only to keep the robust rules off: pFedAFM's
+        aggregation is its own (METHODS.md §5.3)."""
+        super().aggregate(server_round, replies)
+
+    def note_replies(self, server_round: int, replies: list[Reply]) -> None:
+        """Log α per node and its means per round and architecture (metrics only)."""
         for r in replies:
             entry = self.current.node(r.node)
             entry.update({k: r.metrics[k] for k in wire.NODE_TRAIN_METRICS if k in r.metrics})
@@ -90,11 +98,6 @@ class PfedafmStrategy(ArchFamilyStrategy):
         self.current.extras["alpha-mean"] = mean_over_devices(trained, wire.ALPHA_MEAN)
         for arch, value in mean_by_group(trained, wire.ALPHA_MEAN, "arch").items():
             self.current.extras[f"alpha-mean-{arch}"] = value
-        contribs = [
-            Contribution(r.arrays, float(r.num_examples)) for r in replies if r.num_examples > 0
-        ]
-        if contribs:
-            self.global_arrays = weighted_mean(contribs, self.global_arrays)
 
     def evaluation_extras(self, evaluated: list[dict[str, Any]]) -> dict[str, float]:
         """``eval-g-accuracy``: mean over devices of the G-only path h_k(G(x)) (METHODS.md §5.2)."""

@@ -144,31 +144,41 @@ class WidthStrategy(SizedStrategy):
             raise ReplyError(f"'label-classes' outside [0, {num_classes}): {raw!r}")
         return classes
 
+    #: The aggregate is B2 ``holders`` over one contribution per reply: streamed (issue 15 item 4).
+    aggregate_is_masked: ClassVar[bool] = True
+
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
         """B2 ``holders``, unweighted, η_g = ``server-lr``: each coordinate averaged over the
         devices whose slice held it (HeteroFL §3, FedRolex §3); unheld coordinates unchanged.
         With ``label-mask`` a device holds only the classifier rows of its ``label-classes``."""
-        base = self.global_arrays
-        full = self._global_torch()
-        head = classifier_keys(self.shared.model)
-        contribs: list[Contribution] = []
-        for reply in replies:
-            idx = self._round_indices[reply.node.device_id]
-            sub = {k: torch.from_numpy(np.asarray(v)) for k, v in reply.arrays.items()}
-            values, held = scatter_submodel(sub, idx, full)
-            if self.wcfg.label_mask:
-                held = restrict_to_classes(held, head, self.reply_classes(reply.metrics))
-            tensors: dict[str, np.ndarray] = {}
-            masks: dict[str, np.ndarray | bool] = {}
-            for name, val in values.items():
-                h = held[name].numpy()
-                tensors[name] = np.where(h, val.numpy(), base[name])
-                masks[name] = h
-            contribs.append(Contribution(tensors, 1.0, masks))
+        contribs = [self.contribution(server_round, r) for r in replies]
         if contribs:
+            mode, server_lr = self.masked_settings()
             self.global_arrays = self.combine(
-                contribs, base, mode="holders", server_lr=self.wcfg.server_lr
+                contribs, self.global_arrays, mode=mode, server_lr=server_lr
             )
+
+    def masked_settings(self) -> tuple[str, float]:
+        """``holders`` with η_g = ``server-lr``."""
+        return "holders", self.wcfg.server_lr
+
+    def contribution(self, server_round: int, reply: Reply) -> Contribution:
+        """The reply's slice scattered into the full model, held where the slice (and, with
+        ``label-mask``, the device's classes) covers it; unit weight."""
+        base = self.global_arrays
+        idx = self._round_indices[reply.node.device_id]
+        sub = {k: torch.from_numpy(np.asarray(v)) for k, v in reply.arrays.items()}
+        values, held = scatter_submodel(sub, idx, self._global_torch())
+        if self.wcfg.label_mask:
+            head = classifier_keys(self.shared.model)
+            held = restrict_to_classes(held, head, self.reply_classes(reply.metrics))
+        tensors: dict[str, np.ndarray] = {}
+        masks: dict[str, np.ndarray | bool] = {}
+        for name, val in values.items():
+            h = held[name].numpy()
+            tensors[name] = np.where(h, val.numpy(), base[name])
+            masks[name] = h
+        return Contribution(tensors, 1.0, masks)
 
     # evaluation -------------------------------------------------------------------------------
     def eval_payload(

@@ -422,8 +422,19 @@ def write_report(data: dict[str, Any], out: Path) -> Path:
             "",
             f"{f['devices']} devices, {f['sampled']} per round: status `{f['status']}`, "
             f"{f['total-seconds']:.0f} s in all (SuperLink start, registration, 2 rounds), rounds "
-            + ", ".join(f"{s:.1f} s" for s in f["round-seconds"]),
+            + ", ".join(f"{s:.1f} s" for s in f["round-seconds"])
+            + ".",
         ]
+        if len(f["round-seconds"]) >= 2:
+            first, steady = f["round-seconds"][0], f["round-seconds"][-1]
+            lines += [
+                "",
+                f"Registration of the {f['devices']} devices ≈ round 1 − round 2 = "
+                f"{first - steady:.1f} s. Steady round per sampled device: "
+                f"{1000 * steady / f['sampled']:.0f} ms (2 local steps, its local evaluation, "
+                "the messages through Flower's Ray backend, plus the server's global-test "
+                "evaluation shared by all).",
+            ]
     lines += ["", *data.get("extra", []), "", "![scale](scale.png)", ""]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     rounds = data.get("rounds") or []

@@ -127,7 +127,9 @@ def analytic_cost_table(
     With q = ``int8_cost``, B = ``batch_size`` and F_u, P_u, A_u from :func:`unit_profile`:
 
     * time = [q·Σ_{u<a}F_u + 3·Σ_{a≤u≤b}F_u + 2q·Σ_{u>b}F_u] / (3·Σ_u F_u)
-    * data = Σ_{a≤u≤b}P_u / Σ_u P_u
+    * data = bytes of the window's parameters and buffers / the full model's, exactly what the
+      device uploads (``window_state_keys``); this is the B7 Σ_{a≤u≤b}P_u / Σ_u P_u plus the
+      BN buffers, so that both generators give the same, host-independent data column
     * memory = [Σ_{u∉[a,b]}P_u + 8·Σ_{a≤u≤b}P_u + B·(4·Σ_{a≤u≤b}A_u + Σ_{u>b}A_u)]
       / [8·Σ_u P_u + 4B·Σ_u A_u]
 
@@ -148,6 +150,7 @@ def analytic_cost_table(
         One row per window, in :func:`all_windows` order.
     """
     flops, params, acts = unit_profile(model, input_shape)
+    full_bytes = _state_bytes(model, list(model.state_dict()))
     q, bsz = int8_cost, batch_size
     f_all, p_all, a_all = sum(flops), sum(params), sum(acts)
     rows = []
@@ -159,7 +162,8 @@ def analytic_cost_table(
         memory = ((p_all - p_win) + 8 * p_win + bsz * (4 * a_win + a_back)) / (
             8 * p_all + 4 * bsz * a_all
         )
-        rows.append(WindowCost((a, b), time_frac, p_win / p_all, memory))
+        data = _state_bytes(model, window_state_keys(model, (a, b))) / full_bytes
+        rows.append(WindowCost((a, b), time_frac, data, memory))
     return rows
 
 

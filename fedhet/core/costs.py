@@ -116,6 +116,68 @@ def unit_profile(
     return flops, params, acts
 
 
+def front_transients(
+    model: nn.Module, input_shape: Sequence[int]
+) -> tuple[list[float], list[float]]:
+    """Per-unit transient activations of a forward-only pass, per sample (elements).
+
+    A unit before the trained window keeps nothing for backward, but while each of its
+    sub-modules (layers) runs, its input and output and the unit's input are alive together.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Model exposing ``model.units``, run in order.
+    input_shape : Sequence[int]
+        Shape of one sample, without the batch dimension.
+
+    Returns
+    -------
+    tuple[list[float], list[float]]
+        ``(R, O)``: R_u = the largest number of elements alive at once while unit u runs
+        (unit input + layer input + layer output, a tensor counted once), O_u = unit u's output
+        elements.
+    """
+    units = _units(model)
+    n = 2
+    peak = [0.0] * len(units)
+    outs = [0.0] * len(units)
+    unit_in: list[Tensor | None] = [None]
+
+    def alive(*tensors: Any) -> float:
+        distinct = {id(t): t for t in tensors if isinstance(t, Tensor)}
+        return sum(t.numel() for t in distinct.values()) / n
+
+    handles = []
+    for u, unit in enumerate(units):
+
+        def enter(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            unit_in[0] = args[0]
+
+        def leave(_m: nn.Module, args: tuple[Any, ...], out: Any, u: int = u) -> None:
+            outs[u] = out.numel() / n
+            peak[u] = max(peak[u], alive(unit_in[0], out))
+
+        def layer(_m: nn.Module, args: tuple[Any, ...], out: Any, u: int = u) -> None:
+            peak[u] = max(peak[u], alive(unit_in[0], *args[:1], out))
+
+        handles.append(unit.register_forward_pre_hook(enter))
+        handles.append(unit.register_forward_hook(leave))
+        for module in unit.modules():
+            if module is not unit:
+                handles.append(module.register_forward_hook(layer))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(n, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return peak, outs
+
+
 def analytic_cost_table(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -130,8 +192,14 @@ def analytic_cost_table(
     * data = bytes of the window's parameters and buffers / the full model's, exactly what the
       device uploads (``window_state_keys``); this is the B7 Σ_{a≤u≤b}P_u / Σ_u P_u plus the
       BN buffers, so that both generators give the same, host-independent data column
-    * memory = [Σ_{u∉[a,b]}P_u + 8·Σ_{a≤u≤b}P_u + B·(4·Σ_{a≤u≤b}A_u + Σ_{u>b}A_u)]
+    * memory = [Σ_{u∉[a,b]}P_u + 8·Σ_{a≤u≤b}P_u + B·max(Φ_a, 4·Σ_{a≤u≤b}A_u + Σ_{u>b}A_u)]
       / [8·Σ_u P_u + 4B·Σ_u A_u]
+
+    where Φ_a is the front's transient peak (B7 left it out): units u < a run forward-only in
+    int8 (1 B per element) and keep nothing, but R_u elements are alive at once while unit u runs,
+    and at the window's entry the front's output is alive both as quint8 and as its fp32 copy,
+    so Φ_a = max(max_{u<a} R_u, 5·O_{a-1}) (0 for a = 0; R, O from :func:`front_transients`).
+    The front ends before the window saves anything, hence the max, not a sum.
 
     Parameters
     ----------
@@ -150,6 +218,7 @@ def analytic_cost_table(
         One row per window, in :func:`all_windows` order.
     """
     flops, params, acts = unit_profile(model, input_shape)
+    transient, outs = front_transients(model, input_shape)
     full_bytes = _state_bytes(model, list(model.state_dict()))
     q, bsz = int8_cost, batch_size
     f_all, p_all, a_all = sum(flops), sum(params), sum(acts)
@@ -159,7 +228,8 @@ def analytic_cost_table(
         p_win = sum(params[a : b + 1])
         a_win, a_back = sum(acts[a : b + 1]), sum(acts[b + 1 :])
         time_frac = (q * f_front + 3 * f_win + 2 * q * f_back) / (3 * f_all)
-        memory = ((p_all - p_win) + 8 * p_win + bsz * (4 * a_win + a_back)) / (
+        phi = max([*transient[:a], 5 * outs[a - 1]]) if a > 0 else 0.0
+        memory = ((p_all - p_win) + 8 * p_win + bsz * max(phi, 4 * a_win + a_back)) / (
             8 * p_all + 4 * bsz * a_all
         )
         data = _state_bytes(model, window_state_keys(model, (a, b))) / full_bytes

@@ -8,8 +8,13 @@ Memory is *counted*, not sampled from the allocator (``tracemalloc`` does not se
 allocations and CPU RSS is too coarse): bytes of the windowed model's parameters and buffers
 (packed int8 weights at 1 B each) + gradients of the window's parameters + every distinct tensor
 autograd saves for the backward pass (``torch.autograd.graph.saved_tensors_hooks``, deduplicated
-by storage, parameters and buffers excluded). Their sum is the live training memory at the end of
-the forward pass, the peak of an SGD step without momentum; transient kernel workspace is ignored.
+by storage, parameters and buffers excluded), or, when larger, the *front's transient peak*: the
+units before the window run forward-only and keep nothing for backward, but while each of their
+layers runs, the unit's input, the layer's input and its output are alive together (quint8 at 1 B
+on the int8 path), and at the window's entry the last quint8 output and its fp32 dequantised copy
+are. The front finishes before the window saves anything, so the two never coexist and the peak
+counts the larger. The total is the live training memory at its peak for an SGD step without
+momentum; transient kernel workspace is ignored.
 """
 
 from __future__ import annotations
@@ -54,6 +59,56 @@ class _SavedTensorBytes:
         return t
 
 
+def _tensor_bytes(*tensors: object) -> int:
+    """Bytes of distinct tensors (by data pointer); quantised tensors at their 1 B elements."""
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if isinstance(t, Tensor) and t.layout == torch.strided and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+class _FrontTransient:
+    """Largest set of activations alive at one time while the front (units before the window) runs.
+
+    Sequential front: during layer ℓ of unit u, alive are u's input (held by the caller), ℓ's input
+    and ℓ's output; at the window's entry, the front's last output and its fp32 dequantised copy.
+    """
+
+    def __init__(self, front: nn.ModuleList) -> None:
+        self.peak = 0
+        self.unit_input: Tensor | None = None
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        for i, unit in enumerate(front):
+            self.handles.append(unit.register_forward_pre_hook(self._enter))
+            self.handles.append(
+                unit.register_forward_hook(self._exit_last if i == len(front) - 1 else self._exit)
+            )
+            for module in unit.modules():
+                if module is not unit:
+                    self.handles.append(module.register_forward_hook(self._layer))
+
+    def _enter(self, _unit: nn.Module, args: tuple[object, ...]) -> None:
+        self.unit_input = args[0] if args and isinstance(args[0], Tensor) else None
+
+    def _layer(self, _m: nn.Module, args: tuple[object, ...], out: object) -> None:
+        self.peak = max(self.peak, _tensor_bytes(self.unit_input, *args[:1], out))
+
+    def _exit(self, _unit: nn.Module, _args: tuple[object, ...], out: object) -> None:
+        self.peak = max(self.peak, _tensor_bytes(self.unit_input, out))
+
+    def _exit_last(self, unit: nn.Module, args: tuple[object, ...], out: object) -> None:
+        self._exit(unit, args, out)
+        if isinstance(out, Tensor) and out.is_quantized:  # dequantised at the window's entry
+            self.peak = max(self.peak, _tensor_bytes(out) + 4 * out.numel())
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def training_step(
     wmodel: WindowedModel,
     optimizer: StepOptimizer,
@@ -89,10 +144,14 @@ def training_step(
     params = [p for p in wmodel.parameters()]
     exclude = {t.untyped_storage().data_ptr() for t in [*params, *wmodel.buffers()]}
     counter = _SavedTensorBytes(exclude)
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-        loss = nn.functional.cross_entropy(wmodel(x), y)
+    front = _FrontTransient(wmodel.front)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+            loss = nn.functional.cross_entropy(wmodel(x), y)
+    finally:
+        front.remove()
     grad_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    peak = module_tensor_bytes(wmodel) + grad_bytes + counter.bytes
+    peak = module_tensor_bytes(wmodel) + grad_bytes + max(counter.bytes, front.peak)
     loss.backward()
     optimizer.step()
     return float(loss.detach()), peak

@@ -15,11 +15,14 @@ from fedhet.core.costs import (
     analytic_cost_table,
     default_cost_table_path,
     feasible_windows,
+    front_transients,
     load_cost_table,
     measured_cost_table,
     save_cost_table,
     unit_profile,
 )
+from fedhet.core.freeze import training_step
+from fedhet.core.quant import build_windowed_model, module_tensor_bytes
 from fedhet.models import build_model, count_parameters
 from fedhet.models.cost_tables import main
 
@@ -66,14 +69,36 @@ def test_analytic_formulas_by_hand() -> None:
     assert len(rows) == 6
     expected = {
         (0, 0): (46 / 66, 15 / 29, 166 / 288),  # (3*12 + 2*.5*10)/66; (14 + 8*15 + 2*(4*3 + 4))
-        (1, 1): (28 / 66, 8 / 29, 105 / 288),  # (.5*12 + 3*6 + 2*.5*4); (21 + 64 + 2*(8 + 2))
-        (2, 2): (21 / 66, 6 / 29, 87 / 288),  # (.5*18 + 3*4); (23 + 48 + 2*8)
+        # front transient Φ_1 = max(R_0 = 4 + 3, 5*O_0 = 15) = 15 > saved 4*2 + 2
+        (1, 1): (28 / 66, 8 / 29, 115 / 288),  # (.5*12 + 3*6 + 2*.5*4); (21 + 64 + 2*15)
+        # Φ_2 = max(7, R_1 = 3 + 2, 5*O_1 = 10) = 10 > saved 4*2
+        (2, 2): (21 / 66, 6 / 29, 91 / 288),  # (.5*18 + 3*4); (23 + 48 + 2*10)
         (0, 1): (58 / 66, 23 / 29, 234 / 288),  # (3*18 + 4); (6 + 184 + 2*(20 + 2))
         (0, 2): (1.0, 1.0, 1.0),
     }
     for window, (t, d, m) in expected.items():
         row = rows[window]
         assert (row.time, row.data, row.memory) == pytest.approx((t, d, m)), window
+
+
+def test_front_transients_by_hand() -> None:
+    # R_u = unit input + layer output (the layer's input is the unit's input): 4+3, 3+2, 2+2
+    assert front_transients(ThreeLinear(), (4,)) == ([7, 5, 4], [3, 2, 2])
+    transient, outs = front_transients(build_model("cnn_b"), (1, 28, 28))
+    # u1: its input 16x28x28 + BN output (ReLU's input) + ReLU output, all 16x28x28
+    assert transient[1] == 3 * 16 * 28 * 28
+    assert outs[:2] == [16 * 28 * 28, 16 * 14 * 14]
+
+
+def test_analytic_memory_counts_front_transient_on_cnn_b() -> None:
+    """Training only the classifier still runs the 16x28x28 convolutions forward."""
+    rows = _by_window(analytic_cost_table(build_model("cnn_b"), (1, 28, 28), 32))
+    _, params, acts = unit_profile(build_model("cnn_b"), (1, 28, 28))
+    denom = 8 * sum(params) + 4 * 32 * sum(acts)
+    frozen = sum(params[:5])
+    phi = 3 * 16 * 28 * 28  # R_1, the largest front transient
+    assert rows[(5, 5)].memory == pytest.approx((frozen + 8 * params[5] + 32 * phi) / denom)
+    assert rows[(5, 5)].memory > 10 * (frozen + 8 * params[5] + 32 * 4 * 10) / denom
 
 
 def test_analytic_q_changes_only_frozen_share() -> None:
@@ -140,6 +165,32 @@ def test_measured_table_on_toy() -> None:
     for window in [(0, 0), (1, 1), (2, 2)]:  # no buffers: data is the parameter share
         assert rows[window].data == pytest.approx([15, 8, 6][window[0]] / 29)
     assert all(0 < r.memory <= 1 and r.time > 0 for r in rows.values())
+
+
+class WideFront(nn.Module):
+    """Units Linear(4, 64), Linear(64, 2), Linear(2, 2): a front far wider than the window."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.units = nn.ModuleList([nn.Linear(4, 64), nn.Linear(64, 2), nn.Linear(2, 2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for unit in self.units:
+            x = unit(x)
+        return x
+
+
+def test_measured_memory_counts_front_transient() -> None:
+    """Window (2, 2), batch 2, real int8 front; the front's peak is during u0's int8 Linear:
+    its fp32 input (2*4*4 B, held by the caller) + the quint8 copy (2*4 B) + the quint8
+    output (2*64 B) = 168 B, more than the window saves for backward."""
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 4), torch.tensor([0, 1])
+    wmodel = build_windowed_model(WideFront(), (2, 2), x)
+    assert all(type(u).__name__ == "_Int8Unit" for u in wmodel.front)
+    opt = torch.optim.SGD([p for p in wmodel.parameters() if p.requires_grad], lr=0.1)
+    _, peak = training_step(wmodel, opt, x, y, count_memory=True)
+    assert peak == module_tensor_bytes(wmodel) + 6 * 4 + (32 + 8 + 128)
 
 
 def test_cli_writes_analytic_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -499,12 +499,17 @@ NOTES = "cocofl-notes.md"
 
 
 def combine_tiers(out: Path) -> Path:
-    """``cocofl.md`` = the reference tier's section (if run), the quick tier's, then the notes."""
+    """``cocofl.md`` = the reference tier's section (if run), the quick tier's, the feasible
+    windows per class (:mod:`benchmarks.cocofl_windows`), then the notes."""
+    from benchmarks.cocofl_windows import render_windows
+
     parts = [
         (out / f"cocofl-{tier}.md").read_text()
         for tier in ("reference", "quick")
         if (out / f"cocofl-{tier}.md").exists()
     ]
+    if parts:
+        parts.append(render_windows(out))
     if (out / NOTES).exists():
         parts.append((out / NOTES).read_text())
     path = out / "cocofl.md"

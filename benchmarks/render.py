@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.render`` rewrites ``benchmarks/results/{cocofl,fiarse,fltac}-<tier>.md``
 (each benchmark's ``render_json`` of its ``<bench>-<tier>.json``), ``cocofl.md`` (the tiers
-combined), every block between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in the
+combined, the feasible windows per class of :mod:`benchmarks.cocofl_windows`, then the notes),
+every block between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in the
 hand-written analyses (``fiarse.md``, ``fltac.md``) and the README block between
 ``<!-- results-at-a-glance -->`` and ``<!-- /results-at-a-glance -->``. ``--check`` writes nothing
 and exits 1 when a file differs from what the JSON gives (``tests/unit/test_results_render.py``
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cocofl, fiarse, fltac
+from benchmarks.cocofl_windows import render_windows
 from benchmarks.common import RESULTS, claim_verdict, mean_std
 
 ROOT = RESULTS.parent.parent
@@ -182,6 +184,8 @@ def render_all(results: Path = RESULTS, readme: Path = README) -> dict[Path, str
             if data is not None:
                 out[results / f"{bench}-{tier}.md"] = render(data)
     parts = [out[p] for t in TIERS if (p := results / f"cocofl-{t}.md") in out]
+    if parts:
+        parts.append(render_windows(results))
     if parts and (results / cocofl.NOTES).is_file():
         parts.append((results / cocofl.NOTES).read_text())
     if parts:

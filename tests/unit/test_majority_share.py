@@ -131,3 +131,44 @@ def test_table_flags_from_the_json_and_says_na_without_shares() -> None:
     rolex = [ln for ln in text.splitlines() if ln.startswith("| FedRolex |")]
     assert rolex[1].count("⚠") == 1 and "10.00 ⚠" in rolex[1]
     assert rolex[2].count("n/a") == 8
+
+
+def _history(one_size: bool, old_node: bool) -> list[dict[str, Any]]:
+    """One evaluated round of 20 devices (partitions 0–4 hold 1/64): those predict class 0 only."""
+    nodes = []
+    for p in range(fiarse.NUM_CLIENTS):
+        small = fiarse._size_of(f"dev-{p}") == fiarse.SIZES[0]
+        node: dict[str, Any] = {
+            "device-id": f"dev-{p}",
+            "status": "trained",
+            "payload-bytes-up": 1,
+            "eval-correct": 5 if small else 40,
+            "eval-examples": 50,
+            PREDICTED_KEY: [50] + [0] * 9 if small else [5] * 10,
+        }
+        nodes.append(node)
+    if old_node:
+        del nodes[-1][PREDICTED_KEY]  # a device of size 1 without counts
+    sizes = fiarse.SIZES[:1] if one_size else fiarse.SIZES
+    record: dict[str, Any] = {
+        "round": 1,
+        "server-accuracy": 0.5,
+        "nodes": nodes,
+        "cum-bytes-up": 1,
+        "cum-bytes-down": 1,
+        **{f"server-accuracy-g{g:g}": 0.5 for g in sizes},
+        **{f"server-majority-share-g{g:g}": 0.25 + i / 10 for i, g in enumerate(sizes)},
+    }
+    return [record]
+
+
+def test_summarise_pools_counts_per_size_from_the_history() -> None:
+    row = fiarse.summarise("X", _history(one_size=False, old_node=True), 1.0)
+    assert row["model-share-0.015625"] == 1.0  # 5 devices × 50 predictions, all class 0
+    assert row["model-share-0.0625"] == pytest.approx(0.1)
+    assert row["model-share-1"] is None  # one size-1 device sent no counts: no guess
+    assert [row[f"global-share-{g:g}"] for g in fiarse.SIZES] == pytest.approx(
+        [0.25, 0.35, 0.45, 0.55]
+    )
+    fedavg = fiarse.summarise("F", _history(one_size=True, old_node=False), 1.0)
+    assert [fedavg[f"global-share-{g:g}"] for g in fiarse.SIZES] == [0.25] * 4

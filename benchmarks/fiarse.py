@@ -45,6 +45,7 @@ from benchmarks.common import (
     setup,
     write_result,
 )
+from fedhet.core.predictions import PREDICTED_KEY, majority_share, pool_counts
 from fedhet.sizes import equal_group_size
 
 log = logging.getLogger("benchmarks.fiarse")
@@ -115,18 +116,29 @@ def summarise(label: str, history: list[dict[str, Any]], wall: float) -> dict[st
     }
     # Model(γ): pooled local-test accuracy of size-γ devices (each evaluated with its own model).
     groups: dict[float, list[tuple[int, int]]] = {}
+    predicted: dict[float, list[Any]] = {}
     for node in last["nodes"]:
         if node.get("eval-examples"):
             groups.setdefault(_size_of(node["device-id"]), []).append(
                 (int(node["eval-correct"]), int(node["eval-examples"]))
             )
+            predicted.setdefault(_size_of(node["device-id"]), []).append(node.get(PREDICTED_KEY))
     for g in SIZES:
         res = groups.get(g, [])
         row[f"model-{g:g}"] = sum(c for c, _ in res) / sum(n for _, n in res) if res else None
+        # majority-class share of the same pooled predictions (None: a device sent no counts)
+        counts = predicted.get(g, [])
+        row[f"model-share-{g:g}"] = (
+            majority_share(pool_counts(counts)) if counts and None not in counts else None
+        )
     accs = [c / n for res in groups.values() for c, n in res]
     row["local"] = sum(accs) / len(accs) if accs else None
+    shares = {k: v for k, v in last.items() if k.startswith("server-majority-share-g")}
     for g in SIZES:
         row[f"global-{g:g}"] = last.get(f"server-accuracy-g{g:g}", last["server-accuracy"])
+        # a one-size run (FedAvg) scores its one model in every column, as for the accuracy
+        only = next(iter(shares.values())) if len(shares) == 1 else None
+        row[f"global-share-{g:g}"] = shares.get(f"server-majority-share-g{g:g}", only)
     n = len(history)
     row["mb-up-round"] = mb(sum(h.get("train-bytes-up", 0) for h in history)) / n
     row["mb-down-round"] = mb(sum(h.get("train-bytes-down", 0) for h in history)) / n
@@ -166,8 +178,17 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
-#: Accuracy at or below this (10 classes: chance 0.10) flags a slice as predicting ~one class.
-CHANCE_FLAG = 0.12
+#: Fashion-MNIST's classes (the benchmark's only dataset): chance accuracy is 1 / NUM_CLASSES.
+NUM_CLASSES = 10
+#: Accuracy at or below chance + 2 points flags a slice as at chance. Two points is about three
+#: binomial std of an accuracy near 0.1 on the 2,500 pooled local-test samples of a size
+#: (√(0.1·0.9/2500) ≈ 0.6 points), so a chance-level slice is flagged despite sampling noise.
+CHANCE_FLAG = 1 / NUM_CLASSES + 0.02
+#: A majority-class share at or above this flags a slice as collapsed onto one class: half of its
+#: predictions on one class of a balanced 10-class test set (5× the 0.1 of a healthy model), so
+#: at least 0.4 of all predictions are wrong whatever the rest do. It catches a collapse that
+#: still scores above chance (e.g. 0.6 share, 0.3 accuracy), which the accuracy rule misses.
+SHARE_FLAG = 0.5
 
 
 def by_method(rows: list[dict[str, Any]], default_seed: int = 0) -> dict[str, dict[int, dict]]:
@@ -178,11 +199,36 @@ def by_method(rows: list[dict[str, Any]], default_seed: int = 0) -> dict[str, di
     return out
 
 
-def _cell(runs: dict[int, dict[str, Any]], key: str) -> str:
+def flagged(accuracy: float | None, share: float | None) -> bool:
+    """True when a slice is at chance (accuracy ≤ :data:`CHANCE_FLAG`) or collapsed onto one
+    class (majority-class share ≥ :data:`SHARE_FLAG`); ``None`` values never flag."""
+    return (accuracy is not None and accuracy <= CHANCE_FLAG) or (
+        share is not None and share >= SHARE_FLAG
+    )
+
+
+def _mean(runs: dict[int, dict[str, Any]], key: str | None) -> float | None:
+    """Mean over seeds of ``key``; ``None`` when any seed's row lacks it (old JSON) or is None."""
+    if key is None:
+        return None
     vals = [r.get(key) for r in runs.values()]
-    text = fmt_pct(vals)
-    mean, _ = mean_std(vals)
-    return f"{text} ⚠" if mean is not None and mean <= CHANCE_FLAG else text
+    return None if any(v is None for v in vals) else mean_std(vals)[0]
+
+
+def _cell(runs: dict[int, dict[str, Any]], key: str, share_key: str | None = None) -> str:
+    """Mean ± std of an accuracy, with ⚠ when :func:`flagged` by it or by its size's share."""
+    text = fmt_pct([r.get(key) for r in runs.values()])
+    return (
+        f"{text} ⚠"
+        if flagged(mean_std([r.get(key) for r in runs.values()])[0], _mean(runs, share_key))
+        else text
+    )
+
+
+def _share_cell(runs: dict[int, dict[str, Any]], key: str) -> str:
+    """Mean majority-class share over seeds; ``n/a`` when the JSON predates the field."""
+    mean = _mean(runs, key)
+    return "n/a" if mean is None else f"{mean:.3f}"
 
 
 def claims(rows: list[dict[str, Any]], default_seed: int = 0) -> list[tuple[str, str, str]]:
@@ -192,16 +238,16 @@ def claims(rows: list[dict[str, Any]], default_seed: int = 0) -> list[tuple[str,
     out: list[tuple[str, str, str]] = []
     fiarse = runs.get("FIARSE", {})
     checks = [
-        ("Local", "local", 0.0),
-        ("Global", "global", 0.0),
-        ("Model(1/64)", "model-0.015625", 0.03),
+        ("Local", "local", 0.0, None),
+        ("Global", "global", 0.0, None),
+        ("Model(1/64)", "model-0.015625", 0.03, "model-share-0.015625"),
     ]
     for other in ("HeteroFL", "FedRolex"):
         base = runs.get(other, {})
         seeds = sorted(set(fiarse) & set(base))
         if not seeds:
             continue
-        for name, key, thr in checks:
+        for name, key, thr, share_key in checks:
             pairs = [(fiarse[t].get(key), base[t].get(key)) for t in seeds]
             margins = [a - b for a, b in pairs if a is not None and b is not None]
             if not margins:
@@ -211,8 +257,11 @@ def claims(rows: list[dict[str, Any]], default_seed: int = 0) -> list[tuple[str,
             verdict, text = claim_verdict(margins, thr)
             note = ""
             b_mean, _ = mean_std([b for _, b in pairs])
-            if b_mean is not None and b_mean <= CHANCE_FLAG:
-                note = f"; {other} is at chance on {name} ({100 * b_mean:.2f} %), so the margin says little"
+            if b_mean is not None and flagged(b_mean, _mean(base, share_key)):
+                note = (
+                    f"; {other} is ⚠ on {name} ({100 * b_mean:.2f} %: at chance or predicting "
+                    "mostly one class), so the margin says little"
+                )
             out.append((claim, verdict, text + note))
     return out
 
@@ -251,7 +300,7 @@ def render_json(data: dict[str, Any]) -> str:
             [
                 label,
                 _cell(r, "local"),
-                *(_cell(r, f"model-{g:g}") for g in SIZES),
+                *(_cell(r, f"model-{g:g}", f"model-share-{g:g}") for g in SIZES),
                 _cell(r, "global"),
                 f"{mean_of(r, 'mb-up-round'):.3f}",
                 f"{mean_of(r, 'mb-down-round'):.3f}",
@@ -265,7 +314,26 @@ def render_json(data: dict[str, Any]) -> str:
     gtable = markdown_table(
         ["Method", *(f"global acc @ {SIZE_LABELS[g]}" for g in SIZES), "Global (mean)"],
         [
-            [label, *(_cell(r, f"global-{g:g}") for g in SIZES), _cell(r, "global")]
+            [
+                label,
+                *(_cell(r, f"global-{g:g}", f"global-share-{g:g}") for g in SIZES),
+                _cell(r, "global"),
+            ]
+            for label, r in runs.items()
+        ],
+    )
+    stable = markdown_table(
+        [
+            "Method",
+            *(f"global @ {SIZE_LABELS[g]}" for g in SIZES),
+            *(f"Model({SIZE_LABELS[g]})" for g in SIZES),
+        ],
+        [
+            [
+                label,
+                *(_share_cell(r, f"global-share-{g:g}") for g in SIZES),
+                *(_share_cell(r, f"model-share-{g:g}") for g in SIZES),
+            ]
             for label, r in runs.items()
         ],
     )
@@ -305,8 +373,11 @@ def render_json(data: dict[str, Any]) -> str:
 Command: `{data["command"]}` ({data["wall-s"]:.0f} s wall for all methods and seeds, worker
 processes with 1 torch thread each, on a 2-core host shared with other jobs, {load_text}; wall
 times per method overlap). Seeds: {", ".join(str(t) for t in seeds)} ({n} seed{"s" if n > 1 else ""};
-cells are mean ± sample std over seeds{"" if n > 1 else ", one seed: no spread"}). ⚠ marks a mean
-at or below {100 * CHANCE_FLAG:.0f} % (10 classes: a slice at chance).
+cells are mean ± sample std over seeds{"" if n > 1 else ", one seed: no spread"}). ⚠ marks a
+slice at chance or collapsed onto one class: mean accuracy at or below {100 * CHANCE_FLAG:.0f} % (chance
+{100 / NUM_CLASSES:.0f} % + 2 points), or, for a per-size cell, a mean majority-class share of that
+size's predictions at or above {SHARE_FLAG:.2f} (table below; n/a in results written before the
+share was logged, which then flag by accuracy only).
 
 Setting: Fashion-MNIST, {NUM_CLIENTS} clients, balanced Dir({s["dirichlet_alpha"]}) with
 {s["max_train_per_client"]} train samples each, local tests of {s["local_test_size"]}; sizes
@@ -324,6 +395,14 @@ its one model). MB/round = training messages only (up and down, all sampled devi
 Global-test accuracy per size (what Global averages):
 
 {gtable}
+
+Majority-class share per size (fraction of the size's predictions on its most-predicted class;
+1.0 = one class for everything). Global test = `server-majority-share-g<γ>`: balanced, so a
+healthy model is near {1 / NUM_CLASSES:.1f}. Model(γ) = `model-majority-share-g<γ>`, counts pooled
+over the size-γ devices' local tests, which follow their Dir({s["dirichlet_alpha"]}) label skew: a
+perfect model there scores those tests' own majority-class fraction, above {1 / NUM_CLASSES:.1f}.
+
+{stable}
 
 Claims (computed by `benchmarks.common.claim_verdict`: "holds" when the mean paired margin
 exceeds twice its std over seeds, "fails" when it is reversed by more than that, else "within

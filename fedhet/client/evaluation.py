@@ -2,7 +2,10 @@
 
 Every image method evaluates the same way: build the model the message describes, score it on
 the device's local test set and reply ``num-examples``, ``eval-correct`` and the summed
-``eval-loss`` (the server pools Σ correct / Σ samples, never a mean of means). Only the model
+``eval-loss`` (the server pools Σ correct / Σ samples, never a mean of means), plus
+``eval-predicted``, the number of test samples predicted as each class, which the server pools
+into a majority-class share (a model collapsed onto one class is visible even when the test set
+is unbalanced enough to hide it in the accuracy). Only the model
 preparation differs per method (the full model, a width-β slice, a top-γ submodel …), so a method
 passes that in.
 """
@@ -15,7 +18,8 @@ from flwr.app import Message, RecordDict
 from torch import nn
 
 from fedhet.client.runtime import ClientContext, reply_content
-from fedhet.client.training import evaluate_model
+from fedhet.client.training import evaluate_predictions
+from fedhet.core.predictions import PREDICTED_KEY
 
 #: Builds the model to evaluate from a message: ``(msg, ctx, num_classes) → model``.
 ModelFromMessage = Callable[[Message, ClientContext, int], nn.Module]
@@ -38,9 +42,18 @@ def evaluate_image_model(
     Returns
     -------
     RecordDict
-        Reply content without arrays; metrics ``num-examples``, ``eval-correct``, ``eval-loss``.
+        Reply content without arrays; metrics ``num-examples``, ``eval-correct``, ``eval-loss``
+        and ``eval-predicted`` (predictions per class; omitted for an empty test set, since a
+        MetricRecord list cannot be empty).
     """
     split = ctx.data()
     model = model_of(msg, ctx, split.test.num_classes)
-    correct, total, loss = evaluate_model(model, split.test)
-    return reply_content(None, {"num-examples": total, "eval-correct": correct, "eval-loss": loss})
+    correct, total, loss, counts = evaluate_predictions(model, split.test)
+    metrics: dict[str, int | float | list[int]] = {
+        "num-examples": total,
+        "eval-correct": correct,
+        "eval-loss": loss,
+    }
+    if total:
+        metrics[PREDICTED_KEY] = counts
+    return reply_content(None, metrics)

@@ -6,9 +6,9 @@ code); they are re-exported here for the methods' clients.
 
 from __future__ import annotations
 
-from fedhet.core.training import evaluate_model, train_sgd
+from fedhet.core.training import evaluate_model, evaluate_predictions, train_sgd
 
-__all__ = ["evaluate_model", "num_local_steps", "train_sgd"]
+__all__ = ["evaluate_model", "evaluate_predictions", "num_local_steps", "train_sgd"]
 
 
 def num_local_steps(n_examples: int, batch_size: int, local_epochs: int, local_steps: int) -> int:

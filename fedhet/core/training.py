@@ -52,16 +52,35 @@ def train_sgd(
     }
 
 
-@torch.no_grad()
 def evaluate_model(model: nn.Module, data: Any, batch_size: int = 256) -> tuple[int, int, float]:
     """``(correct, total, summed loss)`` of ``model`` on a TensorData; accuracy = correct / total."""
+    correct, total, loss, _ = evaluate_predictions(model, data, batch_size)
+    return correct, total, loss
+
+
+@torch.no_grad()
+def evaluate_predictions(
+    model: nn.Module, data: Any, batch_size: int = 256
+) -> tuple[int, int, float, list[int]]:
+    """:func:`evaluate_model` plus how many samples the model predicted as each class.
+
+    Returns
+    -------
+    tuple[int, int, float, list[int]]
+        ``(correct, total, summed loss, counts)``; ``counts[k]`` is the number of samples whose
+        arg-max logit is class ``k`` (one entry per logit, so ``sum(counts) == total``).
+    """
     model.eval()
     correct, total, loss = 0, 0, 0.0
+    counts: torch.Tensor | None = None
     for start in range(0, len(data), batch_size):
         x = data.x[start : start + batch_size]
         y = data.y[start : start + batch_size]
         logits = model(x)
         loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+        pred = logits.argmax(1)
+        correct += int((pred == y).sum())
         total += int(y.numel())
-    return correct, total, loss
+        batch_counts = torch.bincount(pred, minlength=logits.shape[1])
+        counts = batch_counts if counts is None else counts + batch_counts
+    return correct, total, loss, [] if counts is None else [int(c) for c in counts]

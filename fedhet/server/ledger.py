@@ -227,7 +227,11 @@ def _metric_value(v: object) -> TypeGuard[MetricRecordValues]:
 
 
 def _is_client_eval(key: str) -> bool:
-    return key.startswith("eval-") or key in ("local-accuracy",) or key.startswith("model-accuracy")
+    return (
+        key.startswith("eval-")
+        or key in ("local-accuracy",)
+        or key.startswith(("model-accuracy", "model-majority-share"))
+    )
 
 
 def result_of(records: Sequence[RoundRecord], arrays: Mapping[str, np.ndarray]) -> Result:
@@ -235,7 +239,7 @@ def result_of(records: Sequence[RoundRecord], arrays: Mapping[str, np.ndarray]) 
 
     Every numeric round-level value goes to one of the three histories: ``server-*`` keys to
     ``evaluate_metrics_serverapp``, federated evaluation keys (``eval-*``, ``local-accuracy``,
-    ``model-accuracy-*``) to ``evaluate_metrics_clientapp``, the rest (``train-loss``, bytes,
+    ``model-accuracy-*``, ``model-majority-share-*``) to ``evaluate_metrics_clientapp``, the rest (``train-loss``, bytes,
     ``num-trained``, method extras) to ``train_metrics_clientapp``. Missing values (``None``),
     strings and the nested ``nodes``/``dropped`` lists stay in ``metrics.jsonl`` only.
 

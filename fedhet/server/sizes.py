@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedhet.config import RunConfig
+from fedhet.core.predictions import PREDICTED_KEY, majority_share, pool_counts
 from fedhet.plan import Budget, SizeKnobs, SizeSource
 from fedhet.profile import DeviceProfile
 from fedhet.server.run_dir import RunDir
@@ -28,7 +29,11 @@ class SizedStrategy(FedhetStrategy):
 
     Adds to ``metrics.jsonl``: ``model-accuracy-g<γ>`` = Model(γ) (pooled accuracy on the local
     tests of size-γ devices) and ``local-accuracy`` = Local (mean over devices of their own size's
-    local-test accuracy), METHODS.md §7.2 step 7.
+    local-test accuracy), METHODS.md §7.2 step 7; ``server-accuracy-g<γ>`` per size on the global
+    test set. Next to each per-size accuracy, the majority-class share of the same predictions
+    (:func:`fedhet.core.predictions.majority_share`): ``server-majority-share-g<γ>`` and
+    ``model-majority-share-g<γ>`` (counts pooled over the size-γ devices, logged only when every
+    one of them reported its counts), so a slice predicting one class is visible.
     """
 
     #: Devices train different parts (sizes / windows): see ``comparable_updates`` in hooks.
@@ -62,19 +67,23 @@ class SizedStrategy(FedhetStrategy):
     def server_evaluate(self, server_round: int) -> dict[str, float]:
         """Global-test accuracy of every size's submodel (``server-accuracy-g<γ>``) and their mean
         over the ladder, ``server-accuracy`` = Global (METHODS.md §7.2 step 7). One definition for
-        every size method, so their Global numbers compare."""
+        every size method, so their Global numbers compare. Each size also gets the majority-class
+        share of its predictions, ``server-majority-share-g<γ>``."""
         if not self.evaluates(server_round):
             return {}
         data = self._global_test()
         if data is None:
             return {}
-        from fedhet.core.training import evaluate_model
+        from fedhet.core.training import evaluate_predictions
 
         out: dict[str, float] = {}
         for gamma in self.evaluation_sizes():
             model = self.size_model(gamma, data.num_classes)
-            correct, total, _ = evaluate_model(model, data, batch_size=500)
+            correct, total, _, counts = evaluate_predictions(model, data, batch_size=500)
             out[f"server-accuracy-{size_key(gamma)}"] = correct / max(total, 1)
+            share = majority_share(counts)
+            if share is not None:
+                out[f"server-majority-share-{size_key(gamma)}"] = share
         out["server-accuracy"] = float(
             np.mean([out[f"server-accuracy-{size_key(g)}"] for g in self.size_cfg.sizes])
         )
@@ -96,9 +105,11 @@ class SizedStrategy(FedhetStrategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Pooled local accuracy, plus Model(γ) per size and Local (METHODS.md §7.2 step 7)."""
+        """Pooled local accuracy, plus Model(γ) per size and Local (METHODS.md §7.2 step 7), and
+        the majority-class share of each size's pooled predictions."""
         result = super().aggregate_evaluate(server_round, replies)
         per_size: dict[float, list[tuple[int, int]]] = {}
+        predicted: dict[float, list[Any]] = {}
         for node_id, entry in self.current.nodes.items():
             node = self.nodes.get(node_id)
             n = entry.get("eval-examples")
@@ -106,11 +117,16 @@ class SizedStrategy(FedhetStrategy):
                 continue
             gamma = float(node.plan.knobs["gamma"])
             per_size.setdefault(gamma, []).append((int(entry["eval-correct"]), int(n)))
+            predicted.setdefault(gamma, []).append(entry.get(PREDICTED_KEY))
         if per_size:
             for gamma, results in sorted(per_size.items()):
                 correct = sum(c for c, _ in results)
                 total = sum(n for _, n in results)
                 self.current.extras[f"model-accuracy-{size_key(gamma)}"] = correct / total
+                counts = predicted[gamma]
+                share = None if None in counts else majority_share(pool_counts(counts))
+                if share is not None:
+                    self.current.extras[f"model-majority-share-{size_key(gamma)}"] = share
             accs = [c / n for results in per_size.values() for c, n in results]
             self.current.extras["local-accuracy"] = float(np.mean(accs))
         return result

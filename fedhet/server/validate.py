@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from fedhet.core.predictions import PREDICTED_KEY
+
 ArraySpec = tuple[tuple[int, ...], np.dtype]
 
 #: Flower's ``stype`` for NumPy-serialised arrays.
@@ -360,4 +362,15 @@ def validate_eval_metrics(
         raise ReplyError(f"eval-correct={c} exceeds num-examples={n}")
     if loss < 0:
         raise ReplyError(f"eval-loss={loss} is negative")
+    if PREDICTED_KEY in metrics:
+        _check_predicted(metrics[PREDICTED_KEY], n)
     return c, n, loss
+
+
+def _check_predicted(counts: Any, examples: int) -> None:
+    """``eval-predicted`` (optional) is a list of non-negative int counts summing to ``examples``."""
+    if not isinstance(counts, list | tuple) or not counts:
+        raise ReplyError(f"{PREDICTED_KEY} must be a non-empty list of counts, got {counts!r}")
+    total = sum(_count({PREDICTED_KEY: v}, PREDICTED_KEY) for v in counts)
+    if total != examples:
+        raise ReplyError(f"{PREDICTED_KEY} sums to {total}, not num-examples={examples}")

@@ -83,3 +83,28 @@ def sized_run_config(method: str, **extra: Any) -> dict[str, Any]:
     raw[f"{method}.size-assignment"] = "equal-groups"
     raw.update(extra)
     return raw
+
+
+def assert_majority_shares(
+    history: list[dict[str, Any]], sizes: tuple[float, ...], num_classes: int
+) -> None:
+    """Every evaluated round logs ``server-`` and ``model-majority-share-g<γ>`` per size, in
+    ``[1/C, 1]``, and the model share equals the share of the size's devices' pooled counts."""
+    from fedhet.core.predictions import PREDICTED_KEY, majority_share, pool_counts
+
+    evaluated = [h for h in history if h.get("server-accuracy") is not None]
+    assert evaluated
+    for h in evaluated:
+        for g in sizes:
+            for key in (f"server-majority-share-g{g:g}", f"model-majority-share-g{g:g}"):
+                assert 1 / num_classes - 1e-12 <= h[key] <= 1.0, (key, h.get(key))
+        by_size: dict[float, list[list[int]]] = {}
+        for n in h["nodes"]:
+            counts = n[PREDICTED_KEY]
+            assert len(counts) == num_classes and sum(counts) == n["eval-examples"]
+            gamma = n.get("width-gamma", n.get("fiarse-gamma"))
+            by_size.setdefault(float(gamma), []).append(counts)
+        assert sorted(by_size) == sorted(sizes)
+        for g, counts_of in by_size.items():
+            expected = majority_share(pool_counts(counts_of))
+            assert h[f"model-majority-share-g{g:g}"] == expected

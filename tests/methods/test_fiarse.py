@@ -27,7 +27,7 @@ from fedhet.profile import DeviceProfile
 from fedhet.server.strategy import Node, Reply
 from fedhet.sim import LocalGrid, simulated_node_configs
 from fedhet.sizes import equal_group_size, parse_size_ladder, size_from_ladder
-from tests.methods.helpers import sized_run_config
+from tests.methods.helpers import assert_majority_shares, sized_run_config
 
 LADDER = (1 / 64, 1 / 16, 1 / 4, 1.0)
 D_CNN_S = 421_642
@@ -193,6 +193,7 @@ def test_two_rounds_update_model_and_log_per_size_metrics(fiarse_run: Any) -> No
         assert h["train-bytes-up"] > 0 and h["train-bytes-down"] > h["train-bytes-up"]
         gammas = sorted(n["fiarse-gamma"] for n in h["nodes"])
         assert gammas == list(LADDER)
+    assert_majority_shares(history, LADDER, num_classes=10)  # digits: 10 classes
 
 
 def test_ledger_bytes_scale_with_gamma(fiarse_run: Any) -> None:

@@ -21,7 +21,7 @@ from fedhet.methods.width.strategy import WidthStrategy
 from fedhet.models import build_model
 from fedhet.plan import NodePlan
 from fedhet.sim import LocalGrid, simulated_node_configs
-from tests.methods.helpers import sized_run_config
+from tests.methods.helpers import assert_majority_shares, sized_run_config
 
 LADDER = (1 / 64, 1 / 16, 1 / 4, 1.0)
 
@@ -57,6 +57,7 @@ def test_two_rounds_with_per_size_metrics_and_offsets(method: str) -> None:
         assert betas == pytest.approx([math.sqrt(g) for g in LADDER])
         ups = [n["payload-bytes-up"] for n in sorted(h["nodes"], key=lambda n: n["width-beta"])]
         assert ups == sorted(ups)
+    assert_majority_shares(history, LADDER, num_classes=10)  # digits: 10 classes
     expected = {1: 0, 2: 1 if method == "fedrolex" else 0}
     offsets = [(h["round"], n["width-offset"]) for h in history for n in h["nodes"]]
     assert offsets and all(off == expected[rnd] for rnd, off in offsets)

@@ -444,7 +444,11 @@ def report(data: dict[str, Any]) -> str:
                     else "no newcomer assigned",
                     _verdict(c_ok),
                 ],
-                ["(c) including 3 epochs", "needs the reference tier", _verdict(c_full)],
+                [
+                    "(c) including 3 epochs",
+                    "see the row above" if c_full is not None else "needs the reference tier",
+                    _verdict(c_full),
+                ],
             ],
         ),
         "",
@@ -480,7 +484,9 @@ def report(data: dict[str, Any]) -> str:
         else "Fisher cost: no gene round ran.",
         "",
         "Isolated timing on one device (1 thread, median of 3; host load average "
-        f"{data['load-average']:.1f} on 2 cores, so absolute seconds are inflated): F̂ with the "
+        f"{data['load-average']:.1f} on 2 cores"
+        + (", so absolute seconds are inflated" if data["load-average"] > 2 else "")
+        + "): F̂ with the "
         f"batch estimator {data['fisher-timing']['fisher-batch-s']:.3f} s, per-sample "
         f"(torch.func) {data['fisher-timing']['fisher-per-sample-s']:.3f} s, vs "
         f"{data['fisher-timing']['train-25-steps-s']:.3f} s for the E = 25 training steps.",

@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
+import shlex
 import statistics
 import time
 from collections.abc import Sequence
@@ -110,7 +111,7 @@ def arch_of(device_id: str) -> str:
 
 
 def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in label.lower()).strip("-")
 
 
 def _run_one(job: tuple[str, str, bool, str, int, bool]) -> dict[str, Any]:
@@ -520,6 +521,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     tier = "quick" if args.quick else "reference"
     command = "python -m benchmarks.pfedafm" + (" --quick" if args.quick else "")
     command += f" --seeds {extra.seeds}" if extra.seeds != 1 else ""
+    command += " --reuse" if args.reuse else ""
+    if args.labels != list(DEFAULT_METHODS):
+        command += f" --methods {shlex.quote(','.join(args.labels))}"
     text = render(rows, args.quick, seeds, command, wall)
     plot(rows, args.out / f"pfedafm-{tier}.png", f"pFedAFM benchmark ({tier})")
     path = write_result(

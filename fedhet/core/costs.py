@@ -104,6 +104,15 @@ def unit_profile(
                         lambda mod, _inp, out, u=u: hook(u, mod, out)  # type: ignore[misc]
                     )
                 )
+    _probe_forward(model, input_shape, n, handles)
+    return flops, params, acts
+
+
+def _probe_forward(
+    model: nn.Module, input_shape: Sequence[int], n: int, handles: Sequence[Any]
+) -> None:
+    """One eval-mode, no-grad forward pass of ``n`` zero samples through ``model`` with its
+    hooks attached; the hooks are removed and the model's training mode restored afterwards."""
     was_training = model.training
     try:
         model.eval()
@@ -113,7 +122,6 @@ def unit_profile(
         for h in handles:
             h.remove()
         model.train(was_training)
-    return flops, params, acts
 
 
 def front_transients(
@@ -166,15 +174,7 @@ def front_transients(
         for module in unit.modules():
             if module is not unit:
                 handles.append(module.register_forward_hook(layer))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(n, *input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _probe_forward(model, input_shape, n, handles)
     return peak, outs
 
 

@@ -9,25 +9,13 @@ import pytest
 
 from benchmarks.cocofl_windows import render_windows
 from fedhet.core.costs import (
-    WindowCost,
     default_cost_table_path,
     feasible_windows,
     load_cost_table,
 )
 from fedhet.methods.cocofl.fleet_windows import class_windows, fleet_windows, observed_unit_share
 from fedhet.plan import CLASS_BUDGETS
-
-
-def _hand_table() -> list[WindowCost]:
-    costs = {
-        (0, 0): (0.3, 0.2, 0.3),
-        (0, 1): (0.6, 0.5, 0.6),
-        (0, 2): (1.0, 1.0, 1.0),
-        (1, 1): (0.2, 0.3, 0.2),
-        (1, 2): (0.5, 0.8, 0.4),
-        (2, 2): (0.1, 0.5, 0.1),
-    }
-    return [WindowCost(w, *c) for w, c in costs.items()]
+from tests.unit.test_costs import _hand_table  # the same hand-made 3-unit table
 
 
 def test_class_windows_by_hand() -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 
+from fedhet.client.local_state import store_local, stored_local
 from fedhet.client.runtime import (
     ClientContext,
     arrays_of,
@@ -88,9 +89,7 @@ def load_mixture(
     """
     mcfg: PfedafmConfig = ctx.run.method_as(PfedafmConfig)
     state = ctx.context.state
-    stored_arch = None
-    if wire.STATE_META in state.config_records:
-        stored_arch = str(state.config_records[wire.STATE_META]["arch"])
+    stored_arch, saved = stored_local(state, wire.STATE_KEY, wire.STATE_META)
     torch.manual_seed(derive_seed(ctx.run.shared.seed, ctx.device_id, "pfedafm-local"))
     local = build_afm(arch, num_classes=num_classes)
     mix = FeatureMixture(
@@ -107,8 +106,7 @@ def load_mixture(
             arch,
             stored_arch,
         )
-    elif wire.STATE_KEY in state.array_records:
-        saved = state.array_records[wire.STATE_KEY].to_torch_state_dict()
+    elif saved is not None:
         own = {k: v for k, v in mix.state_dict().items() if not k.startswith("g.")}
         if set(saved) != set(own):
             raise ValueError(
@@ -122,10 +120,7 @@ def load_mixture(
 def save_mixture(ctx: ClientContext, arch: str, mix: FeatureMixture) -> None:
     """Store ω_k, α_k (and a projection) in ``context.state``: a copy, never uploaded."""
     own = {k: v for k, v in mix.state_dict().items() if not k.startswith("g.")}
-    ctx.context.state[wire.STATE_KEY] = ArrayRecord(
-        torch_state_dict={k: v.detach().clone() for k, v in own.items()}
-    )
-    ctx.context.state[wire.STATE_META] = ConfigRecord({"arch": arch})
+    store_local(ctx.context.state, wire.STATE_KEY, wire.STATE_META, arch, own)
 
 
 def _steps(n: int, mcfg: PfedafmConfig) -> int:

@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from torch import nn
 
+from fedhet.client.local_state import store_local, stored_local
 from fedhet.client.runtime import (
     ClientContext,
     config_of,
@@ -37,13 +38,9 @@ def load_model(ctx: ClientContext, arch: str, num_classes: int) -> nn.Module:
     state = ctx.context.state
     torch.manual_seed(derive_seed(ctx.run.shared.seed, ctx.device_id, "standalone-local"))
     model = build_afm(arch, num_classes=num_classes)
-    stored = (
-        str(state.config_records[wire.STATE_META]["arch"])
-        if wire.STATE_META in state.config_records
-        else None
-    )
-    if stored == arch and wire.STATE_KEY in state.array_records:
-        model.load_state_dict(state.array_records[wire.STATE_KEY].to_torch_state_dict())
+    stored, tensors = stored_local(state, wire.STATE_KEY, wire.STATE_META)
+    if stored == arch and tensors is not None:
+        model.load_state_dict(tensors)
     elif stored is not None:
         log.warning(
             "device %s: plan architecture %s replaces stored %s", ctx.device_id, arch, stored
@@ -53,10 +50,7 @@ def load_model(ctx: ClientContext, arch: str, num_classes: int) -> nn.Module:
 
 def save_model(ctx: ClientContext, arch: str, model: nn.Module) -> None:
     """Store a copy of the model in ``context.state``."""
-    ctx.context.state[wire.STATE_KEY] = ArrayRecord(
-        torch_state_dict={k: v.detach().clone() for k, v in model.state_dict().items()}
-    )
-    ctx.context.state[wire.STATE_META] = ConfigRecord({"arch": arch})
+    store_local(ctx.context.state, wire.STATE_KEY, wire.STATE_META, arch, model.state_dict())
 
 
 def train(msg: Message, ctx: ClientContext) -> RecordDict:

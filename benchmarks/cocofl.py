@@ -1,12 +1,18 @@
-"""CoCoFL vs FedAvg-full vs FedAvg-drop on the three-tier fleet (METHODS.md §6.6, setting C1).
+"""CoCoFL vs FedAvg-full vs FedAvg-drop on the three-tier fleet (METHODS.md §6.6, C1 and C2).
 
-Fashion-MNIST, Dir(0.1) with equal shards (``partition=dirichlet-shards``), ``cnn_b`` (6 units, 21
+Fashion-MNIST, split C1 (``--split c1``, default): Dir(0.1) with equal shards
+(``partition=dirichlet-shards``); split C2 (``--split c2``): label skew correlated with the
+device class (``partition=group-correlated``: each class keeps 80 % of its samples in its home
+device class, homes {0,1,2} strong, {3,4,5} medium, {6,…,9} weak), where the fairness claim is
+the final global model's accuracy on each device class's home classes. ``cnn_b`` (6 units, 21
 windows, the shipped measured cost table ``fedhet/models/costs/cnn_b-b32.json``), 30 devices in
 the standard fleet (10 strong, 10 medium, 10 weak; §2), 10 sampled per round, local tests of 500.
 
 * **CoCoFL** (``cocofl``): every device trains a window within (T, D_t, M).
-* **FedAvg-full** (``fedavg``, ``fleet=uniform``): every device trains the full model, as if all
-  had full resources (upper bound; breaks the weak devices' budgets).
+* **FedAvg-full** (``fedavg``): every device trains the full model, as if all had full resources
+  (upper bound; breaks the weak devices' budgets). Plain ``fedavg`` plans every device for full
+  training whatever its budget, so it runs on the same three-tier fleet, and in C2 on the same
+  partition (the group-correlated split follows the fleet's device classes).
 * **FedAvg-drop** (``fedavg-drop``): only the strong devices train: min(m, |strong pool|) =
   min(10, 10) per round, m being the sample size of the other methods (METHODS.md §6.2, the
   official code); every device is evaluated, as for the other methods.
@@ -23,7 +29,7 @@ Tiers (1 torch thread, methods one after another):
 * quick: ``python -m benchmarks.cocofl --quick`` — 5 rounds of the same federation, constant
   lr 0.1 (a ÷10 step at round 3 of 5 would only stall the short run).
 
-Writes ``benchmarks/results/cocofl[-quick].md`` (+ ``.json`` and ``-curves.png``: global-test
+Writes ``benchmarks/results/cocofl-<tier>[-c2].md`` (+ ``.json`` and ``-curves.png``: global-test
 accuracy vs round and vs cumulative MB). Per-device-class accuracy is the final global model on
 the local tests of the devices of each three-tier class (same partition ids in every method).
 Measured fractions per class come from CoCoFL's per-node metrics: upload = uploaded payload bytes /
@@ -58,6 +64,7 @@ from benchmarks.common import (
     write_result,
 )
 from fedhet.config import default_run_config
+from fedhet.data.partition import GROUP_HOME_SHARE, GROUP_HOMES
 from fedhet.methods import get_method, parse_run_config
 from fedhet.methods.cocofl.config import parse_milestones, step_lr
 from fedhet.plan import CLASS_BUDGETS, fleet_class
@@ -74,17 +81,21 @@ MILESTONES = "0.6,0.8"
 #: label -> (registered method, run-config overrides)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "CoCoFL": ("cocofl", {}),
-    "FedAvg-full": ("fedavg", {"fleet": "uniform", "fedavg.weight-decay": 1e-3}),
+    "FedAvg-full": ("fedavg", {"fedavg.weight-decay": 1e-3}),
     "FedAvg-drop": ("fedavg-drop", {"fedavg-drop.weight-decay": 1e-3}),
 }
 
 
-def settings(quick: bool) -> dict[str, Any]:
-    """Shared run config of a tier (METHODS.md §6.6 C1)."""
+#: Splits of METHODS.md §6.6: C1 Dir(0.1) equal shards; C2 label skew correlated with device class.
+SPLITS: dict[str, str] = {"c1": "dirichlet-shards", "c2": "group-correlated"}
+
+
+def settings(quick: bool, split: str = "c1") -> dict[str, Any]:
+    """Shared run config of a tier and split (METHODS.md §6.6 C1 or C2)."""
     return {
         "dataset": "fashion-mnist",
         "model": "cnn_b",
-        "partition": "dirichlet-shards",
+        "partition": SPLITS[split],
         "dirichlet-alpha": 0.1,
         "fleet": "three-tier",
         "local-test-size": 500,
@@ -150,15 +161,22 @@ def run_segmented(
     return history, strategy.global_arrays
 
 
-def class_accuracy(arrays: dict[str, np.ndarray], raw: dict[str, Any]) -> dict[str, float]:
-    """Accuracy of a global model on the pooled local tests of each three-tier device class."""
-    from fedhet.client.training import evaluate_model
-    from fedhet.data import federated_split
+def _global_model(arrays: dict[str, np.ndarray], raw: dict[str, Any]) -> torch.nn.Module:
     from fedhet.models import build_model
 
     model = build_model(str(raw["model"]))
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+    return model
+
+
+def class_accuracy(arrays: dict[str, np.ndarray], raw: dict[str, Any]) -> dict[str, float]:
+    """Accuracy of a global model on the pooled local tests of each three-tier device class."""
+    from fedhet.client.training import evaluate_model
+    from fedhet.data import federated_split
+
+    model = _global_model(arrays, raw)
     counts = {c: [0, 0] for c in CLASSES}
+    groups = [fleet_class("three-tier", pid, NUM_DEVICES) for pid in range(NUM_DEVICES)]
     for pid in range(NUM_DEVICES):
         split = federated_split(
             str(raw["dataset"]),
@@ -168,12 +186,31 @@ def class_accuracy(arrays: dict[str, np.ndarray], raw: dict[str, Any]) -> dict[s
             alpha=float(raw["dirichlet-alpha"]),
             seed=int(raw["seed"]),
             local_test_size=int(raw["local-test-size"]),
+            groups=groups if raw["partition"] == SPLITS["c2"] else None,
         )
         correct, total, _ = evaluate_model(model, split.test)
         cls = fleet_class("three-tier", pid, NUM_DEVICES)
         counts[cls][0] += correct
         counts[cls][1] += total
     return {c: k / n for c, (k, n) in counts.items() if n}
+
+
+def home_accuracy(arrays: dict[str, np.ndarray], raw: dict[str, Any]) -> dict[str, float]:
+    """C2's fairness metric: accuracy of a global model on the global test items of each device
+    class's home classes (:data:`fedhet.data.partition.GROUP_HOMES`; METHODS.md §6.6)."""
+    from fedhet.client.training import evaluate_model
+    from fedhet.data.images import load_image_dataset
+
+    model = _global_model(arrays, raw)
+    _, test = load_image_dataset(str(raw["dataset"]))
+    labels = test.y.numpy()
+    out = {}
+    for cls, homes in GROUP_HOMES.items():
+        correct, total, _ = evaluate_model(
+            model, test.subset(np.flatnonzero(np.isin(labels, homes)))
+        )
+        out[cls] = correct / total
+    return out
 
 
 def cocofl_costs(history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -274,6 +311,7 @@ def summarise(
         "wall-s": wall,
         "accuracy": last.get("server-accuracy"),
         "class-accuracy": class_accuracy(arrays, raw),
+        "home-accuracy": home_accuracy(arrays, raw),
         "mb-up-per-class": upload_per_class(history),
         "trained-per-round": statistics.mean(h["num-trained"] for h in history),
         "mb-up-total": mb(last["cum-bytes-up"]),
@@ -350,6 +388,52 @@ def verdict(rows: list[dict[str, Any]], quick: bool, default_seed: int = 0) -> s
     return "\n".join(lines)
 
 
+def split_of(settings_: dict[str, Any]) -> str:
+    """``c1`` or ``c2`` from a tier's run settings."""
+    return next(k for k, v in SPLITS.items() if v == settings_.get("partition", SPLITS["c1"]))
+
+
+def fairness_section(runs: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """C2's fairness table (home-class accuracy by device class) and claim (b), computed."""
+    table = markdown_table(
+        [
+            "Method",
+            *(f"home classes of {c} {{{','.join(map(str, GROUP_HOMES[c]))}}}" for c in CLASSES),
+        ],
+        [
+            [
+                label,
+                *(
+                    fmt_pct([x.get("home-accuracy", {}).get(c) for x in r.values()])
+                    for c in CLASSES
+                ),
+            ]
+            for label, r in runs.items()
+        ],
+    )
+    coco, drop = runs.get("CoCoFL", {}), runs.get("FedAvg-drop", {})
+    seeds = sorted(t for t in set(coco) & set(drop) if "home-accuracy" in coco[t])
+    lines = []
+    for cls in CLASSES:
+        if not seeds:
+            break
+        v, text = claim_verdict(
+            [coco[t]["home-accuracy"][cls] - drop[t]["home-accuracy"][cls] for t in seeds]
+        )
+        claim = "(b) " if cls == "weak" else ""
+        lines.append(
+            f"- {claim}CoCoFL above FedAvg-drop on the {cls} devices' home classes: **{v}** ({text})."
+        )
+    return f"""
+Fairness (METHODS.md §6.6 b): accuracy in % of the final global model on the global test items of
+each device class's home classes (mean ± std over seeds); claim (b) is the weak row.
+
+{table}
+
+{chr(10).join(lines)}
+"""
+
+
 def render_json(data: dict[str, Any]) -> str:
     """Markdown of one tier, a pure function of its JSON (``benchmarks.render``)."""
     quick = int(data["settings"]["num-server-rounds"]) <= 5
@@ -368,9 +452,31 @@ def render(
     """Markdown tables of one tier (accuracy cells: mean ± std over seeds)."""
     tier = "quick" if quick else "reference"
     s = (data or {}).get("settings") or settings(quick)
+    split = split_of(s)
+    suffix = "" if split == "c1" else f"-{split}"
     default_seed = int(s.get("seed", 0))
     runs = _by_method(rows, default_seed)
     seeds = sorted({t for r in runs.values() for t in r})
+    split_text = (
+        f"Dir({s['dirichlet-alpha']}) equal shards (`dirichlet-shards`)"
+        if split == "c1"
+        else "group-correlated split (`group-correlated`: each class keeps "
+        f"{100 * GROUP_HOME_SHARE:.0f} % of its samples in its home device class, the rest "
+        "spread evenly over the other two; homes "
+        + "; ".join(f"{c} {{{', '.join(map(str, h))}}}" for c, h in GROUP_HOMES.items())
+        + ")"
+    )
+    other_split = (
+        f"C2 (group-correlated split) is in `cocofl-{tier}-c2.md`."
+        if split == "c1"
+        else f"C1 (Dir(0.1) equal shards) is in `cocofl-{tier}.md`."
+    )
+    full_fleet = (
+        "; plain `fedavg` on the same three-tier fleet and partition, every device trained in full"
+        if (data or {}).get("fedavg-full-fleet") == "three-tier"
+        else "; run with `fleet=uniform` (every device strong), so its upload shows only 'strong'"
+    )
+    fairness = fairness_section(runs) if split == "c2" else ""
     drop_note = (data or {}).get(
         "fedavg-drop",
         "3 of the 10 strong per round (a fraction of the strong pool; run before the fix that "
@@ -455,14 +561,13 @@ def render(
         if quick
         else f"÷10 after rounds {', '.join(str(int(float(m) * s['num-server-rounds'])) for m in MILESTONES.split(','))}"
     )
-    return f"""# CoCoFL vs FedAvg-full vs FedAvg-drop (METHODS.md §6.6, C1) — {tier} tier
+    return f"""# CoCoFL vs FedAvg-full vs FedAvg-drop (METHODS.md §6.6, {split.upper()}) — {tier} tier
 
 Command: `{command}` ({total:.0f} s wall for the three methods run one after another, 1 torch
 thread; host: 2 cores shared with other engineers' jobs, {load_text}). Seeds: {", ".join(str(t) for t in seeds)}; accuracy cells are
 mean ± sample std over seeds (one seed: no spread).
 
-Setting: Fashion-MNIST, {NUM_DEVICES} devices, Dir({s["dirichlet-alpha"]}) equal shards
-(`dirichlet-shards`), three-tier fleet (10 strong T=M=D=1; 10 medium T=M=0.66; 10 weak T=M=0.33;
+Setting: Fashion-MNIST, {NUM_DEVICES} devices, {split_text}, three-tier fleet (10 strong T=M=D=1; 10 medium T=M=0.66; 10 weak T=M=0.33;
 medium and weak D_t ~ U(0.5, 1) per round), 10 devices sampled per round (FedAvg-drop:
 {drop_note}), {s["num-server-rounds"]} rounds, {s["local-steps"]} SGD steps of batch
 {s["batch-size"]}, lr {s["lr"]} ({milestones}), weight decay 1e-3, no momentum; model `cnn_b`;
@@ -470,10 +575,10 @@ CoCoFL with the shipped measured cost table `fedhet/models/costs/cnn_b-b32.json`
 the window, uniform choice among maximal feasible windows, zero-fill unweighted aggregation.
 Accuracy in %: final global model on the global test set, and on the pooled local tests (500 per
 device, the device's class mix) of each three-tier class. FedAvg-full ignores the budgets (upper
-bound). MB up/device-round = training-reply payload per trained device and round.
+bound{full_fleet}). MB up/device-round = training-reply payload per trained device and round.
 
 {acc}
-
+{fairness}
 Claims of the paper against this run:
 
 {verdict(rows, quick, default_seed)}
@@ -485,14 +590,16 @@ exact byte counts):
 
 {cost_table}
 
-![accuracy vs round and vs bytes](cocofl-{tier}-curves.png)
+![accuracy vs round and vs bytes](cocofl-{tier}{suffix}-curves.png)
 
-Notes and deviations: C2 (group-correlated split) is not run by this benchmark yet
-(`partition=group-correlated` exists in the run config). Measured time includes building the
+Notes and deviations: {other_split} Measured time includes building the
 windowed model (int8 conversion and calibration on the first batch) and the memory-counting first
 step, on every device alike.
 """
 
+
+#: Result files of this benchmark, in the order ``cocofl.md`` combines them.
+TIERS: tuple[str, ...] = ("reference", "reference-c2", "quick", "quick-c2")
 
 #: Hand-written findings appended to ``cocofl.md`` after the generated tiers.
 NOTES = "cocofl-notes.md"
@@ -505,7 +612,7 @@ def combine_tiers(out: Path) -> Path:
 
     parts = [
         (out / f"cocofl-{tier}.md").read_text()
-        for tier in ("reference", "quick")
+        for tier in TIERS
         if (out / f"cocofl-{tier}.md").exists()
     ]
     if parts:
@@ -519,11 +626,16 @@ def combine_tiers(out: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(
-        __doc__.splitlines()[0], list(METHODS), "5-round tier (< 5 min on 2 cores)", argv
+        __doc__.splitlines()[0],
+        list(METHODS),
+        "5-round tier (< 5 min on 2 cores)",
+        argv,
+        extra=[("--split", {"choices": list(SPLITS), "default": "c1", "help": "§6.6 C1 or C2"})],
     )
     setup(1)
     labels = args.labels
     tier = "quick" if args.quick else "reference"
+    suffix = "" if args.split == "c1" else f"-{args.split}"
     milestones = () if args.quick else parse_milestones(MILESTONES)
     load_start = os.getloadavg()[0]
     start = time.time()
@@ -531,13 +643,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for seed in args.seed_list:
         for label in labels:
             method, keys = METHODS[label]
-            config = {**settings(args.quick), "seed": seed, **keys}
+            config = {**settings(args.quick, args.split), "seed": seed, **keys}
             t0 = time.time()
             history, arrays = run_segmented(
-                f"{tier}-{method}-s{seed}", method, args.out, milestones, **config
+                f"{tier}{suffix}-{method}-s{seed}", method, args.out, milestones, **config
             )
             wall = time.time() - t0
-            raw = {**settings(args.quick), "seed": seed}
+            raw = {**settings(args.quick, args.split), "seed": seed}
             rows.append({**summarise(label, history, arrays, raw, wall), "seed": seed})
             if seed == args.seed:
                 curves[label] = history
@@ -548,10 +660,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = "python -m benchmarks.cocofl" + (" --quick" if args.quick else "")
     if args.seeds > 1:
         command += f" --seeds {args.seeds}"
-    name = f"cocofl-{tier}"
+    if args.split != "c1":
+        command += f" --split {args.split}"
+    name = f"cocofl-{tier}{suffix}"
     data = {
         "rows": rows,
-        "settings": {**settings(args.quick), "seed": args.seed},
+        "settings": {**settings(args.quick, args.split), "seed": args.seed},
+        "fedavg-full-fleet": "three-tier",
         "seeds": args.seed_list,
         "command": command,
         "milestones": milestones,
@@ -565,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         curves,
         args.out / f"{name}-curves.png",
         metric="server-accuracy",
-        title=f"CoCoFL benchmark ({tier}, seed {args.seed}): global-test accuracy",
+        title=f"CoCoFL benchmark ({tier}, {args.split.upper()}, seed {args.seed}): global-test accuracy",
     )
     path = write_result(args.out, name, text, data)
     combined = combine_tiers(args.out)

@@ -37,11 +37,15 @@ def parse_args(
     methods: Sequence[str],
     quick_help: str,
     argv: Sequence[str] | None = None,
+    extra: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> argparse.Namespace:
     """Flags every benchmark shares: ``--quick`` (CI tier), ``--out``, ``--jobs``, ``--seed`` (first
     seed), ``--seeds N`` (seeds ``seed … seed+N−1``, in ``args.seed_list``) and ``--methods`` (a
-    comma-separated subset of ``methods``, checked; parsed into ``args.labels``)."""
+    comma-separated subset of ``methods``, checked; parsed into ``args.labels``); ``extra`` adds a
+    benchmark's own flags as ``(flag, add_argument keywords)``."""
     parser = argparse.ArgumentParser(description=description)
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=absolute_path, default=RESULTS, help="results folder")
     parser.add_argument("--jobs", type=int, default=2, help="methods run in parallel")

@@ -183,7 +183,11 @@ def render_all(results: Path = RESULTS, readme: Path = README) -> dict[Path, str
             data = _load(results, bench, tier)
             if data is not None:
                 out[results / f"{bench}-{tier}.md"] = render(data)
-    parts = [out[p] for t in TIERS if (p := results / f"cocofl-{t}.md") in out]
+    for tier in cocofl.TIERS:
+        data = _load(results, "cocofl", tier)
+        if data is not None:
+            out[results / f"cocofl-{tier}.md"] = cocofl.render_json(data)
+    parts = [out[p] for t in cocofl.TIERS if (p := results / f"cocofl-{t}.md") in out]
     if parts:
         parts.append(render_windows(results))
     if parts and (results / cocofl.NOTES).is_file():

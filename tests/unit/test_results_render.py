@@ -43,3 +43,25 @@ def test_a_changed_number_makes_readme_and_table_stale(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     stale = set(render.stale(results, readme))
     assert {readme, results / "cocofl-reference.md", results / "cocofl.md"} <= stale
+
+
+def test_cocofl_fairness_table_and_claim_b_by_hand() -> None:
+    from benchmarks import cocofl
+
+    def row(seed: int, weak: float) -> dict[str, object]:
+        return {"seed": seed, "home-accuracy": {"strong": 0.9, "medium": 0.8, "weak": weak}}
+
+    # CoCoFL − FedAvg-drop on the weak homes: 20, 22, 24 points (mean 22, std 2 → holds);
+    # strong and medium homes equal (margin 0, std 0 → within noise, never "holds")
+    runs = {
+        "CoCoFL": {t: row(t, 0.70 + 0.02 * t) for t in range(3)},
+        "FedAvg-drop": {t: row(t, 0.50) for t in range(3)},
+    }
+    text = cocofl.fairness_section(runs)
+    assert "| CoCoFL | 90.00 ± 0.00 | 80.00 ± 0.00 | 72.00 ± 2.00 |" in text
+    assert "| FedAvg-drop | 90.00 ± 0.00 | 80.00 ± 0.00 | 50.00 ± 0.00 |" in text
+    assert "(b) CoCoFL above FedAvg-drop on the weak devices' home classes: **holds**" in text
+    assert "on the strong devices' home classes: **within noise**" in text
+    # the weak margin reversed: the claim fails
+    runs["FedAvg-drop"] = {t: row(t, 0.95) for t in range(3)}
+    assert "weak devices' home classes: **fails**" in cocofl.fairness_section(runs)

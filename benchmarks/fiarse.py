@@ -28,6 +28,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,9 +56,25 @@ SIZE_LABELS = {1 / 64: "1/64", 1 / 16: "1/16", 1 / 4: "1/4", 1.0: "1"}
 NUM_CLIENTS = 20
 LADDER = "0.015625,0.0625,0.25,1"
 
+#: Label of FIARSE run with the official code's settings (fedhet's defaults are a variant).
+OFFICIAL = "FIARSE (official settings)"
+
 #: label -> (registered method, method-specific keys)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "FIARSE": ("fiarse", {"fiarse.size-assignment": "equal-groups"}),
+    # The official code's choices (issue 14): one global threshold, no dense layers, holders =
+    # nonzero updates, and the plain masked gradient its surrogate reduces to (``Bern`` returns
+    # a bool tensor, so autograd never runs the surrogate); bit-identical to that code per round.
+    OFFICIAL: (
+        "fiarse",
+        {
+            "fiarse.size-assignment": "equal-groups",
+            "fiarse.scope": "global",
+            "fiarse.dense": "none",
+            "fiarse.holders": "nonzero",
+            "fiarse.surrogate": "ste",
+        },
+    ),
     "HeteroFL": ("heterofl", {"heterofl.size-assignment": "equal-groups"}),
     "FedRolex": ("fedrolex", {"fedrolex.size-assignment": "equal-groups"}),
     "FedAvg (cnn_s ×1/8)": ("heterofl", {"heterofl.gamma": 1 / 64, "heterofl.ladder": "0.015625"}),
@@ -93,7 +110,8 @@ def _run_one(args: tuple[str, bool, str, int]) -> tuple[str, list[dict[str, Any]
     cfg["seed"] = seed
     eval_every = 8 if quick else 5
     prefix = method
-    run_name = f"{'quick' if quick else 'ref'}-{label.split()[0].lower()}-s{seed}"
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+    run_name = f"{'quick' if quick else 'ref'}-{slug}-s{seed}"
     start = time.time()
     config: dict[str, Any] = {**cfg, **keys, f"{prefix}.eval-every": eval_every}
     history = run_method("fiarse", run_name, method, num_nodes=NUM_CLIENTS, out=Path(out), **config)
@@ -236,33 +254,35 @@ def claims(rows: list[dict[str, Any]], default_seed: int = 0) -> list[tuple[str,
     :func:`benchmarks.common.claim_verdict` from per-seed paired margins."""
     runs = by_method(rows, default_seed)
     out: list[tuple[str, str, str]] = []
-    fiarse = runs.get("FIARSE", {})
     checks = [
         ("Local", "local", 0.0, None),
         ("Global", "global", 0.0, None),
         ("Model(1/64)", "model-0.015625", 0.03, "model-share-0.015625"),
     ]
-    for other in ("HeteroFL", "FedRolex"):
-        base = runs.get(other, {})
-        seeds = sorted(set(fiarse) & set(base))
-        if not seeds:
-            continue
-        for name, key, thr, share_key in checks:
-            pairs = [(fiarse[t].get(key), base[t].get(key)) for t in seeds]
-            margins = [a - b for a, b in pairs if a is not None and b is not None]
-            if not margins:
+    for label in ("FIARSE", OFFICIAL):
+        fiarse = runs.get(label, {})
+        for other in ("HeteroFL", "FedRolex"):
+            base = runs.get(other, {})
+            seeds = sorted(set(fiarse) & set(base))
+            if not seeds:
                 continue
-            tag = "(b)" if thr else "(a)"
-            claim = f"{tag} FIARSE {'ahead of' if not thr else 'ahead by ≥ 3 points of'} {other} on {name}"
-            verdict, text = claim_verdict(margins, thr)
-            note = ""
-            b_mean, _ = mean_std([b for _, b in pairs])
-            if b_mean is not None and flagged(b_mean, _mean(base, share_key)):
-                note = (
-                    f"; {other} is ⚠ on {name} ({100 * b_mean:.2f} %: at chance or predicting "
-                    "mostly one class), so the margin says little"
-                )
-            out.append((claim, verdict, text + note))
+            for name, key, thr, share_key in checks:
+                pairs = [(fiarse[t].get(key), base[t].get(key)) for t in seeds]
+                margins = [a - b for a, b in pairs if a is not None and b is not None]
+                if not margins:
+                    continue
+                tag = "(b)" if thr else "(a)"
+                ahead = "ahead of" if not thr else "ahead by ≥ 3 points of"
+                claim = f"{tag} {label} {ahead} {other} on {name}"
+                verdict, text = claim_verdict(margins, thr)
+                note = ""
+                b_mean, _ = mean_std([b for _, b in pairs])
+                if b_mean is not None and flagged(b_mean, _mean(base, share_key)):
+                    note = (
+                        f"; {other} is ⚠ on {name} ({100 * b_mean:.2f} %: at chance or predicting "
+                        "mostly one class), so the margin says little"
+                    )
+                out.append((claim, verdict, text + note))
     return out
 
 
@@ -383,8 +403,11 @@ Setting: Fashion-MNIST, {NUM_CLIENTS} clients, balanced Dir({s["dirichlet_alpha"
 {s["max_train_per_client"]} train samples each, local tests of {s["local_test_size"]}; sizes
 {{1/64, 1/16, 1/4, 1}} in equal groups of 5 (partition ids 0–4 smallest); 10 clients per round;
 {s["num_server_rounds"]} rounds; K = {s["local_steps"]} SGD steps of batch {s["batch_size"]}, lr
-{s["lr"]}, η_g = 1; model `cnn_s` (FIARSE: fedhet's variant, conv2 and fc1 masked with one τ
-each, conv1 and the classifier dense, biased surrogate; {width_text}). Accuracies (%) are from the last evaluated round. Local = mean over
+{s["lr"]}, η_g = 1; model `cnn_s` (FIARSE: **fedhet's variant**, conv2 and fc1 masked with one
+τ each, conv1 and the classifier dense, biased surrogate; {OFFICIAL}, where run: the official
+code's choices, one global τ over all layers, none dense, holders = nonzero updates, plain masked
+gradient (`fiarse.scope=global fiarse.dense=none fiarse.holders=nonzero fiarse.surrogate=ste`);
+{width_text}). Accuracies (%) are from the last evaluated round. Local = mean over
 devices of their own-size model on their local test; Model(γ) = size-γ model on the pooled local
 tests of the size-γ devices; Global = global-test accuracy averaged over the four sizes (FedAvg:
 its one model). MB/round = training messages only (up and down, all sampled devices); cum. MB

@@ -10,6 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedhet.config import ConfigError
 from fedhet.logs import setup_logging
 from fedhet.methods import get_method, parse_run_config
+from fedhet.server.messaging import fast_object_pulls
 from fedhet.server.run_dir import RunDir
 
 app = ServerApp()
@@ -20,6 +21,7 @@ log = logging.getLogger("fedhet")
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the configured method; write the run folder and its report."""
     setup_logging()
+    log.debug("ServerApp: %s", fast_object_pulls())
     try:
         cfg = parse_run_config(dict(context.run_config))
     except ConfigError as exc:

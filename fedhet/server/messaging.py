@@ -47,6 +47,49 @@ _TRANSIENT_CODES = frozenset({3, 4, 8})
 _TRANSIENT_REASONS = ("No messages received", "unavailable")
 
 
+#: Backoff of the ServerApp's object pulls (Flower 1.41's: 1 s doubling to 10 s), in seconds.
+OBJECT_PULL_BACKOFF_S = (0.05, 0.5)
+#: The Flower release whose object-pull defaults :func:`fast_object_pulls` knows.
+OBJECT_PULL_FLOWER = "1.41.0"
+
+
+def fast_object_pulls() -> str:
+    """Shorten the ServerApp's wait for a reply's objects (Flower 1.41; this process only).
+
+    A SuperNode pushes a reply's metadata before its objects, so the Grid's ``pull_messages``
+    (``flwr/superlink/grid/http_grid.py``) often sees a reply whose arrays are not stored yet and
+    backs off 1 s, 2 s, … before asking again: on a deployment that is most of the "reply back"
+    time of a round (``python -m benchmarks.deployment``). Here the first pause is 0.05 s, growing
+    to at most 0.5 s; the overall limit (Flower's 7,200 s) stays, the per-object try count is
+    lifted so that limit governs. Called once by the ServerApp; another Flower release is left
+    as it is.
+
+    Returns
+    -------
+    str
+        What was done, for the log.
+    """
+    from importlib.metadata import version
+
+    found = version("flwr")
+    if found != OBJECT_PULL_FLOWER:
+        return f"object pulls left as Flower {found} has them (tuned for {OBJECT_PULL_FLOWER})"
+    from flwr.supercore.inflatable import inflatable_utils
+
+    pull = inflatable_utils.pull_objects
+    defaults = dict(pull.__kwdefaults__ or {})
+    if not {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= set(defaults):
+        return "object pulls left as they are (unknown signature)"
+    first, cap = OBJECT_PULL_BACKOFF_S
+    pull.__kwdefaults__ = {
+        **defaults,
+        "initial_backoff": first,
+        "backoff_cap": cap,
+        "max_tries_per_object": None,
+    }
+    return f"object pull backoff {first}-{cap} s"
+
+
 @dataclass
 class Exchange:
     """What one :func:`send_and_receive` brought back.

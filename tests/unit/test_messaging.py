@@ -161,3 +161,27 @@ def test_pull_chunk_follows_the_reply_size() -> None:
     low, high = PULL_CHUNK_RANGE
     assert pull_chunk_for(1) == high and pull_chunk_for(10**12) == low
     assert pull_chunk_for(PULL_BYTES // 5) == max(low, min(high, 5))
+
+
+def test_fast_object_pulls_shortens_only_the_pinned_flower(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from fedhet.server import messaging
+
+    pull = inflatable_utils.pull_objects
+    monkeypatch.setattr(pull, "__kwdefaults__", dict(pull.__kwdefaults__ or {}))
+    flower_default = pull.__kwdefaults__["initial_backoff"]
+    monkeypatch.setattr(importlib.metadata, "version", lambda _name: "1.99.0")
+    assert "left as Flower 1.99.0" in messaging.fast_object_pulls()
+    assert pull.__kwdefaults__["initial_backoff"] == flower_default == 1
+    monkeypatch.setattr(importlib.metadata, "version", lambda _name: messaging.OBJECT_PULL_FLOWER)
+    assert messaging.fast_object_pulls() == "object pull backoff 0.05-0.5 s"
+    assert pull.__kwdefaults__["initial_backoff"] == 0.05
+    assert pull.__kwdefaults__["backoff_cap"] == 0.5
+    assert pull.__kwdefaults__["max_tries_per_object"] is None
+    # the Grid of a deployment calls this very function object
+    from flwr.superlink.grid import http_grid
+
+    assert http_grid.pull_objects is pull

@@ -338,6 +338,83 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("holds" if ok else "FAILS")
 
 
+#: Claim (c)'s second row when the first already covers 3 epochs.
+SEE_ABOVE = "see the row above"
+
+
+def claims(data: dict[str, Any]) -> list[list[str]]:
+    """§3.6 must-show (a)–(c) of one tier, ``[claim, numbers, verdict]`` each, computed from the
+    raw numbers (one seed: plain comparisons with the paper's thresholds)."""
+    s = data["stats"]
+    ratio_round = s["gene-up-per-device-max"] / s["fedavg-up-per-device-mean"]
+    ratio_cum = s["cum-up-fedavg"] / s["cum-up-genefl"]
+    founders = data["founders"]
+    pers = [f["personal"] for f in founders if f["personal"] is not None]
+    fedacc = [f["fedavg"] for f in founders if f["personal"] is not None]
+    b_ok = bool(pers) and statistics.mean(pers) >= statistics.mean(fedacc)
+    nc = data["newcomers"]
+    epochs = data["epochs"]
+
+    def mean_acc(init: str, e: int) -> float:
+        return newcomer_mean(data, init, e)
+
+    c_ok = c_verdict(data)
+    c_full = None if 3 not in epochs else c_ok
+    return [
+        [
+            "(a) gene-round upload per device ≤ 0.25× FedAvg's",
+            f"{ratio_round:.3f}× ({s['gene-up-per-device-max']} B max vs "
+            f"{s['fedavg-up-per-device-mean']:.0f} B)",
+            _verdict(ratio_round <= 0.25),
+        ],
+        [
+            "(a) cumulative upload ≥ 3× lower, warm-up included",
+            f"{ratio_cum:.2f}× lower ({mb(s['cum-up-genefl']):.2f} vs "
+            f"{mb(s['cum-up-fedavg']):.2f} MB)",
+            _verdict(ratio_cum >= 3),
+        ],
+        [
+            "(b) founders' personal accuracy ≥ FedAvg global on their local tests",
+            f"{statistics.mean(pers):.4f} vs {statistics.mean(fedacc):.4f} ({len(pers)} founders)"
+            if pers
+            else "no personal models",
+            _verdict(b_ok),
+        ],
+        [
+            f"(c) newcomers: Θ_k* > random and ≥ Θ* after {', '.join(map(str, epochs))} epoch(s)",
+            "; ".join(
+                f"{e} ep: Θ_k* {mean_acc('GENE-FL Θ_k*', e):.4f}, random "
+                f"{mean_acc('random', e):.4f}, Θ* {mean_acc('GENE-FL Θ*', e):.4f}"
+                for e in epochs
+            )
+            if nc
+            else "no newcomer assigned",
+            _verdict(c_ok),
+        ],
+        [
+            "(c) including 3 epochs",
+            SEE_ABOVE if c_full is not None else "needs the reference tier",
+            _verdict(c_full),
+        ],
+    ]
+
+
+def newcomer_mean(data: dict[str, Any], init: str, epochs: int) -> float:
+    """Mean local-test accuracy of the newcomers from ``init`` after ``epochs`` epochs."""
+    return statistics.mean(r["acc"][init][str(epochs)] for r in data["newcomers"])
+
+
+def c_verdict(data: dict[str, Any]) -> bool | None:
+    """Claim (c): Θ_k* > random and Θ_k* ≥ Θ* after every fine-tuning length (None: no newcomer)."""
+    if not data["newcomers"]:
+        return None
+    return all(
+        newcomer_mean(data, "GENE-FL Θ_k*", e) > newcomer_mean(data, "random", e)
+        and newcomer_mean(data, "GENE-FL Θ_k*", e) >= newcomer_mean(data, "GENE-FL Θ*", e)
+        for e in data["epochs"]
+    )
+
+
 def report(data: dict[str, Any]) -> str:
     """Markdown of one tier from its raw numbers (claims computed here, never typed)."""
     tier, g, fed = data["tier"], data["genefl"], data["fedavg"]
@@ -387,70 +464,20 @@ def report(data: dict[str, Any]) -> str:
             rows,
         )
     )
-    ratio_round = s["gene-up-per-device-max"] / s["fedavg-up-per-device-mean"]
     ratio_cum = s["cum-up-fedavg"] / s["cum-up-genefl"]
     founders = data["founders"]
-    pers = [f["personal"] for f in founders if f["personal"] is not None]
-    fedacc = [f["fedavg"] for f in founders if f["personal"] is not None]
-    b_ok = bool(pers) and statistics.mean(pers) >= statistics.mean(fedacc)
     nc = data["newcomers"]
     epochs = data["epochs"]
 
     def mean_acc(init: str, e: int) -> float:
-        return statistics.mean(r["acc"][init][str(e)] for r in nc)
+        return newcomer_mean(data, init, e)
 
-    c_parts = []
-    for e in epochs:
-        c_parts.append(mean_acc("GENE-FL Θ_k*", e) > mean_acc("random", e))
-        c_parts.append(mean_acc("GENE-FL Θ_k*", e) >= mean_acc("GENE-FL Θ*", e))
-    c_ok = all(c_parts) if nc else None
-    c_full = None if 3 not in epochs else c_ok
+    c_ok = c_verdict(data)
     lines += [
         "",
         "## Must-show claims (computed)",
         "",
-        markdown_table(
-            ["claim", "numbers", "verdict"],
-            [
-                [
-                    "(a) gene-round upload per device ≤ 0.25× FedAvg's",
-                    f"{ratio_round:.3f}× ({s['gene-up-per-device-max']} B max vs "
-                    f"{s['fedavg-up-per-device-mean']:.0f} B)",
-                    _verdict(ratio_round <= 0.25),
-                ],
-                [
-                    "(a) cumulative upload ≥ 3× lower, warm-up included",
-                    f"{ratio_cum:.2f}× lower ({mb(s['cum-up-genefl']):.2f} vs "
-                    f"{mb(s['cum-up-fedavg']):.2f} MB)",
-                    _verdict(ratio_cum >= 3),
-                ],
-                [
-                    "(b) founders' personal accuracy ≥ FedAvg global on their local tests",
-                    f"{statistics.mean(pers):.4f} vs {statistics.mean(fedacc):.4f} "
-                    f"({len(pers)} founders)"
-                    if pers
-                    else "no personal models",
-                    _verdict(b_ok),
-                ],
-                [
-                    f"(c) newcomers: Θ_k* > random and ≥ Θ* after {', '.join(map(str, epochs))} "
-                    "epoch(s)",
-                    "; ".join(
-                        f"{e} ep: Θ_k* {mean_acc('GENE-FL Θ_k*', e):.4f}, random "
-                        f"{mean_acc('random', e):.4f}, Θ* {mean_acc('GENE-FL Θ*', e):.4f}"
-                        for e in epochs
-                    )
-                    if nc
-                    else "no newcomer assigned",
-                    _verdict(c_ok),
-                ],
-                [
-                    "(c) including 3 epochs",
-                    "see the row above" if c_full is not None else "needs the reference tier",
-                    _verdict(c_full),
-                ],
-            ],
-        ),
+        markdown_table(["claim", "numbers", "verdict"], claims(data)),
         "",
         "## Newcomers (mean local-test accuracy over the 6 newcomers)",
         "",
@@ -556,16 +583,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {path}")
 
 
-def write_index(out: Path) -> None:
-    """(Re)write ``genefl-<tier>.md`` and ``genefl.md`` from every tier's saved JSON."""
+def rendered(out: Path) -> dict[Path, str]:
+    """``genefl-<tier>.md`` of every tier whose JSON exists, and ``genefl.md`` (all tiers)."""
+    files: dict[Path, str] = {}
     index = ["# GENE-FL (reconstructed) benchmark", ""]
     for t in ("quick", "reference"):
         f = out / f"genefl-{t}.json"
         if f.exists():
             text = report(json.loads(f.read_text()))
-            (out / f"genefl-{t}.md").write_text(text)
+            files[out / f"genefl-{t}.md"] = text
             index += [text.replace("# ", "## ", 1).replace("\n## ", "\n### "), ""]
-    (out / "genefl.md").write_text("\n".join(index))
+    files[out / "genefl.md"] = "\n".join(index)
+    return files
+
+
+def write_index(out: Path) -> None:
+    """(Re)write ``genefl-<tier>.md`` and ``genefl.md`` from every tier's saved JSON."""
+    for path, text in rendered(out).items():
+        path.write_text(text)
 
 
 if __name__ == "__main__":

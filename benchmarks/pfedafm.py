@@ -39,7 +39,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import markdown_table, mb, parse_args, run_method, setup, write_result
+from benchmarks.common import (
+    claim_verdict,
+    markdown_table,
+    mb,
+    parse_args,
+    run_method,
+    setup,
+    write_result,
+)
 from fedhet.core.summaries import mean_by_group, mean_over_devices
 from fedhet.models.cnn import AFM_ARCHS
 
@@ -160,19 +168,15 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def verdict(margins: Sequence[float]) -> dict[str, Any]:
-    """holds / fails / within noise for a claim 'margin ≥ 0', from paired per-seed margins."""
+    """A claim 'margin ≥ 0' from paired per-seed margins: the margin, its spread and
+    :func:`benchmarks.common.claim_verdict`'s word."""
     mean, std = _mean_std(margins)
-    n = len(margins)
-    if n < 2:
-        word = "holds" if mean > 0 else "fails" if mean < 0 else "within noise"
-        word += " (1 seed: no spread estimate)"
-    elif mean > 2 * std:
-        word = "holds"
-    elif mean < -2 * std:
-        word = "fails"
-    else:
-        word = "within noise"
-    return {"margin": mean, "spread": std, "n": n, "verdict": word}
+    return {
+        "margin": mean,
+        "spread": std,
+        "n": len(margins),
+        "verdict": claim_verdict(margins)[0],
+    }
 
 
 def claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -454,8 +458,14 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_index(out: Path) -> None:
-    """``pfedafm.md``: the verdicts of every tier whose results exist (generated)."""
+def render_json(data: dict[str, Any]) -> str:
+    """``pfedafm-<tier>.md`` from its JSON alone (``benchmarks.render``)."""
+    quick = data["command"].find("--quick") >= 0
+    return render(data["runs"], quick, data["seeds"], data["command"], data["wall-s"])
+
+
+def index_text(out: Path) -> str:
+    """``pfedafm.md``: the verdicts of every tier whose results exist, computed from the runs."""
     parts = ["# pFedAFM benchmark results (METHODS.md §5.6)\n"]
     for tier in ("quick", "reference"):
         path = out / f"pfedafm-{tier}.json"
@@ -466,11 +476,19 @@ def write_index(out: Path) -> None:
         parts.append(
             markdown_table(
                 ["Claim", "margin", "spread", "verdict"],
-                [[c["claim"], c["margin"], c["spread"], c["verdict"]] for c in data["claims"]],
+                [
+                    [c["claim"], c["margin"], c["spread"], c["verdict"]]
+                    for c in claims(data["runs"])
+                ],
             )
         )
         parts.append(f"\nFull table: [pfedafm-{tier}.md](pfedafm-{tier}.md)\n")
-    (out / "pfedafm.md").write_text("\n".join(parts))
+    return "\n".join(parts)
+
+
+def write_index(out: Path) -> None:
+    """Write :func:`index_text` to ``pfedafm.md``."""
+    (out / "pfedafm.md").write_text(index_text(out))
 
 
 def rerender(path: Path) -> None:

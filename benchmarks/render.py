@@ -1,8 +1,10 @@
 """Regenerate every results table and the README's "results at a glance" from the JSON files.
 
-``python -m benchmarks.render`` rewrites ``benchmarks/results/{cocofl,fiarse,fltac}-<tier>.md``
-(each benchmark's ``render_json`` of its ``<bench>-<tier>.json``), ``cocofl.md`` (the tiers
-combined, the feasible windows per class of :mod:`benchmarks.cocofl_windows`, then the notes),
+``python -m benchmarks.render`` rewrites ``benchmarks/results/{cocofl,fiarse,fltac,pfedafm}-<tier>.md``
+(each benchmark's ``render_json`` of its ``<bench>-<tier>.json``; CoCoFL's C2 tiers too),
+``cocofl.md`` (the tiers combined, the feasible windows per class of
+:mod:`benchmarks.cocofl_windows`, then the notes), ``genefl[-<tier>].md``, ``pfedafm.md``,
+``deployment.md``,
 every block between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in the
 hand-written analyses (``fiarse.md``, ``fltac.md``) and the README block between
 ``<!-- results-at-a-glance -->`` and ``<!-- /results-at-a-glance -->``. ``--check`` writes nothing
@@ -20,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cocofl, fiarse, fltac
+from benchmarks import cocofl, deployment, fiarse, fltac, genefl, pfedafm
 from benchmarks.cocofl_windows import render_windows
 from benchmarks.common import RESULTS, claim_verdict, mean_std
 
@@ -136,6 +138,67 @@ def glance_rows(results: Path) -> list[list[str]]:
                 "holds" if ok else "fails",
             ]
         )
+    rows += genefl_rows(results) + pfedafm_rows(results) + deployment_rows(results)
+    return rows
+
+
+def genefl_rows(results: Path) -> list[list[str]]:
+    """GENE-FL's claims (§3.6), from the reference tier's JSON if it was run, else the quick."""
+    found = _best_tier(results, "genefl")
+    if not found:
+        return []
+    tier, data = found
+    head = f"{tier} tier, {data['rounds']} rounds, 1 seed (reconstruction: no public code): "
+    return [
+        [f"GENE-FL {claim}", head + numbers, verdict]
+        for claim, numbers, verdict in genefl.claims(data)
+        if verdict != "n/a" and numbers != genefl.SEE_ABOVE
+    ]
+
+
+def pfedafm_rows(results: Path) -> list[list[str]]:
+    """pFedAFM's claims (§5.6), recomputed from the per-seed runs in the JSON."""
+    found = _best_tier(results, "pfedafm")
+    if not found:
+        return []
+    tier, data = found
+    rounds = data["settings"]["num_server_rounds"]
+    return [
+        [
+            f"pFedAFM {c['claim']} (§5.6)",
+            f"{tier} tier, {rounds} rounds, {_seeds_text(c['n'])}: margin "
+            f"{100 * c['margin']:+.2f} points, spread (std) {100 * c['spread']:.2f}",
+            c["verdict"],
+        ]
+        for c in pfedafm.claims(data["runs"])
+    ]
+
+
+#: Issue 13's target: a deployed steady round at most this many simulated ones.
+DEPLOY_TARGET = 4.0
+
+
+def deployment_rows(results: Path) -> list[list[str]]:
+    """Deployed / simulated steady round, cold and warm, from ``deployment.json``."""
+    path = results / "deployment.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    steady = {r["mode"]: r["steady-round-s"] for r in data["results"]}
+    sim = steady.get("simulation")
+    load = data["load-average"][0]
+    rows = []
+    for mode, name in ((deployment.DEP, "cold"), (deployment.DEP_WARM, "warm start")):
+        if sim and mode in steady:
+            ratio = steady[mode] / sim
+            rows.append(
+                [
+                    f"deployment ({name}): steady round ≤ {DEPLOY_TARGET:g}× simulation (issue 13)",
+                    f"`{data['command']}`, {data['nodes']} devices, load average {load} before: "
+                    f"{steady[mode]:.2f} s vs {sim:.2f} s = {ratio:.1f}×",
+                    "holds" if ratio <= DEPLOY_TARGET else "fails",
+                ]
+            )
     return rows
 
 
@@ -194,6 +257,17 @@ def render_all(results: Path = RESULTS, readme: Path = README) -> dict[Path, str
         parts.append((results / cocofl.NOTES).read_text())
     if parts:
         out[results / "cocofl.md"] = "\n\n".join(parts)
+    out.update(genefl.rendered(results))
+    for tier in TIERS:
+        data = _load(results, "pfedafm", tier)
+        if data is not None:
+            out[results / f"pfedafm-{tier}.md"] = pfedafm.render_json(data)
+    if any((results / f"pfedafm-{t}.json").is_file() for t in TIERS):
+        out[results / "pfedafm.md"] = pfedafm.index_text(results)
+    if (results / "deployment.json").is_file():
+        out[results / "deployment.md"] = deployment.report(
+            json.loads((results / "deployment.json").read_text())
+        )
     blocks = _generated_blocks(results)
     for name in ("fiarse.md", "fltac.md"):
         path = results / name

@@ -45,6 +45,43 @@ def test_a_changed_number_makes_readme_and_table_stale(tmp_path: Path) -> None:
     assert {readme, results / "cocofl-reference.md", results / "cocofl.md"} <= stale
 
 
+@pytest.mark.parametrize(
+    ("name", "change", "files"),
+    [
+        (
+            "deployment.json",
+            lambda d: d["results"][-1].update({"steady-round-s": 0.5}),
+            ["deployment.md"],
+        ),
+        (
+            "pfedafm-reference.json",
+            lambda d: d["runs"][0]["curve"][-1].update({"accuracy": 0.1}),
+            ["pfedafm.md", "pfedafm-reference.md"],
+        ),
+        (
+            "genefl-reference.json",
+            lambda d: d["stats"].update({"cum-up-genefl": 10**9}),
+            ["genefl.md", "genefl-reference.md"],
+        ),
+    ],
+)
+def test_glance_rows_of_every_benchmark_follow_their_json(
+    tmp_path: Path, name: str, change: object, files: list[str]
+) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(render.RESULTS, results, ignore=shutil.ignore_patterns("raw", "*.png"))
+    readme = tmp_path / "README.md"
+    shutil.copy(render.README, readme)
+    before = readme.read_text()
+    path = results / name
+    data = json.loads(path.read_text())
+    change(data)  # type: ignore[operator]
+    path.write_text(json.dumps(data))
+    assert set(render.stale(results, readme)) == {readme, *(results / f for f in files)}
+    after = render.render_all(results, readme)[readme]
+    assert after != before
+
+
 def test_cocofl_fairness_table_and_claim_b_by_hand() -> None:
     from benchmarks import cocofl
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cocofl, deployment, fiarse, fltac, genefl, pfedafm
+from benchmarks import cocofl, deployment, fiarse, fltac, fltac_sweep, genefl, pfedafm
 from benchmarks.cocofl_windows import render_windows
 from benchmarks.common import RESULTS, claim_verdict, mean_std
 
@@ -138,8 +138,31 @@ def glance_rows(results: Path) -> list[list[str]]:
                 "holds" if ok else "fails",
             ]
         )
+    rows += sweep_rows(results)
     rows += genefl_rows(results) + pfedafm_rows(results) + deployment_rows(results)
     return rows
+
+
+def sweep_rows(results: Path) -> list[list[str]]:
+    """FL-TAC vs FedIT, each at its best (lr, alpha) of the shared sweep."""
+    path = results / f"{fltac_sweep.BENCH}.json"
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())["rows"]
+    tac, fit = fltac_sweep.best(rows, "fltac"), fltac_sweep.best(rows, "fedit")
+    if tac is None or fit is None:
+        return []
+    margin = tac["mean-task-accuracy"] - fit["mean-task-accuracy"]
+    return [
+        [
+            "FL-TAC mean per-task accuracy ≥ FedIT, both at their best of one lr × alpha sweep "
+            "(§4.6 a, issue 14)",
+            f"quick tier, 1 seed: FL-TAC r=1 {_pct(tac['mean-task-accuracy'])} % (lr "
+            f"{tac['lr']:g}, alpha {tac['alpha']}) vs FedIT r=16 {_pct(fit['mean-task-accuracy'])} "
+            f"% (lr {fit['lr']:g}, alpha {fit['alpha']}): margin {100 * margin:+.2f} points",
+            claim_verdict([margin])[0],
+        ]
+    ]
 
 
 def genefl_rows(results: Path) -> list[list[str]]:
@@ -264,6 +287,11 @@ def render_all(results: Path = RESULTS, readme: Path = README) -> dict[Path, str
             out[results / f"pfedafm-{tier}.md"] = pfedafm.render_json(data)
     if any((results / f"pfedafm-{t}.json").is_file() for t in TIERS):
         out[results / "pfedafm.md"] = pfedafm.index_text(results)
+    sweep = results / f"{fltac_sweep.BENCH}.json"
+    if sweep.is_file():
+        out[results / f"{fltac_sweep.BENCH}.md"] = fltac_sweep.render_json(
+            json.loads(sweep.read_text())
+        )
     if (results / "deployment.json").is_file():
         out[results / "deployment.md"] = deployment.report(
             json.loads((results / "deployment.json").read_text())

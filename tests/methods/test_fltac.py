@@ -382,3 +382,30 @@ def test_scrambled_task_tags_leave_clustering_and_slot_states_bit_identical(tmp_
         ra, rb = ma.content.array_records["arrays"], mb.content.array_records["arrays"]
         assert list(ra) == list(rb)
         assert all(ra[k].numpy().tobytes() == rb[k].numpy().tobytes() for k in ra)
+
+
+@pytest.mark.parametrize("budget", ["matched", "repository"])
+def test_fedit_step_budget_counts_steps_per_device(tmp_path, budget) -> None:
+    """matched: n_i·τ steps (FL-TAC's compute); repository: τ steps in all (FL-TAC's code)."""
+    fit, grid = make(
+        "fedit",
+        tmp_path,
+        num_nodes=3,
+        num_server_rounds=1,
+        **{"fedit.steps": 3, "fedit.step-budget": budget},
+    )
+    seen: list[dict[str, Any]] = []
+
+    def capture(node_id: int, reply: Message) -> Message:
+        if not reply.has_error() and reply.metadata.message_type == MessageType.TRAIN:
+            seen.append(dict(reply.content.metric_records["metrics"]))
+        return reply
+
+    grid.corrupt = capture
+    fit.start(grid)
+    assert len(seen) == 3
+    for metrics in seen:
+        tasks = len(metrics["task-examples"])
+        assert tasks >= 1
+        assert metrics["train-steps"] == (3 * tasks if budget == "matched" else 3)
+    assert any(len(m["task-examples"]) > 1 for m in seen)  # the two budgets differ somewhere

@@ -102,3 +102,53 @@ def test_cocofl_fairness_table_and_claim_b_by_hand() -> None:
     # the weak margin reversed: the claim fails
     runs["FedAvg-drop"] = {t: row(t, 0.95) for t in range(3)}
     assert "weak devices' home classes: **fails**" in cocofl.fairness_section(runs)
+
+
+def test_fltac_sweep_picks_each_methods_best_and_names_the_winner() -> None:
+    from benchmarks import fltac_sweep
+
+    def row(method: str, lr: float, alpha: str, acc: float, **kw: object) -> dict[str, object]:
+        rank = kw.pop("rank", fltac_sweep.METHODS[method][1])
+        spec = fltac_sweep.run_spec(method, lr, alpha, rank, str(kw.pop("budget", "matched")))
+        spec.pop("keys")
+        up = {"fltac": 100 * rank, "fedit": 3000}[method]
+        return {
+            **spec,
+            "mean-task-accuracy": acc,
+            "task-accuracy": {"t": acc},
+            "uploaded-params": up,
+            "wall-s": 1.0,
+        }
+
+    rows = [
+        row("fltac", 2e-3, "2r", 0.60),
+        row("fltac", 5e-3, "16", 0.75),  # FL-TAC's best
+        row("fedit", 2e-3, "2r", 0.80),  # FedIT's best
+        row("fedit", 5e-4, "16", 0.70),
+        row("fedit", 2e-3, "2r", 0.65, budget="repository"),
+        row("fltac", 5e-3, "16", 0.79, rank=4),  # 400 params ≤ 3000 / 3
+        row("fltac", 5e-3, "16", 0.81, rank=16),  # 1600 > 1000
+    ]
+    assert fltac_sweep.best(rows, "fltac")["lr"] == 5e-3
+    assert fltac_sweep.best(rows, "fedit")["mean-task-accuracy"] == 0.80
+    data = {
+        "command": "c",
+        "wall-s": 1.0,
+        "workers": 2,
+        "load": ["0", "0"],
+        "seed": 0,
+        "rows": rows,
+    }
+    text = fltac_sweep.render_json(data)
+    assert "**Best against best: FedIT ahead by 5.00 points**" in text
+    assert "(30.0× fewer)" in text
+    assert "compute-matched 80.00 %" in text and "repository" in text
+    assert "FL-TAC at rank 4 (lr 0.005, alpha 16): 79.00 %, -1.00 points" in text
+    assert "0.13 of FedIT's (within the 1/3 budget)" in text
+    assert "0.53 of FedIT's (over the 1/3 budget)" in text
+    follow = fltac_sweep.follow_ups(rows[:4])
+    assert [(s["method"], s["rank"], s["budget"]) for s in follow] == [
+        ("fedit", 16, "repository"),
+        ("fltac", 2, "matched"),
+        ("fltac", 4, "matched"),
+    ]

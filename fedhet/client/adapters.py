@@ -137,18 +137,24 @@ def evaluate_slots(
     slots: Sequence[TextSlot],
     batch_size: int,
     prepare: Callable[[TextSlot], None],
+    label_offset: Callable[[TextSlot], int] | None = None,
+    num_classes: int = 0,
 ) -> list[SlotResult]:
     """Evaluate each slot on its local test items after ``prepare(slot)`` set the model up.
 
     ``prepare`` loads the slot's adapter (FL-TAC) or selects its task's head (FedIT); scores are
-    on logits masked to the task's classes (:func:`fedhet.core.lora.evaluate_adapter`).
+    on logits masked to the task's classes (:func:`fedhet.core.lora.evaluate_adapter`). A head
+    over the union of several tasks' labels (FedIT ``head=shared``) passes the slot's
+    ``label_offset`` into it and ``num_classes``, the union's size: nothing is masked then.
     """
     results = []
     for slot in slots:
         prepare(slot)
-        correct, total, loss = evaluate_adapter(
-            model, eval_batches(slot.test, batch_size), slot.num_classes
+        offset = label_offset(slot) if label_offset is not None else 0
+        batches = (
+            {**b, "labels": b["labels"] + offset} for b in eval_batches(slot.test, batch_size)
         )
+        correct, total, loss = evaluate_adapter(model, batches, num_classes or slot.num_classes)
         results.append((slot.index, slot.task, correct, total, loss))
     return results
 

@@ -409,3 +409,66 @@ def test_fedit_step_budget_counts_steps_per_device(tmp_path, budget) -> None:
         assert tasks >= 1
         assert metrics["train-steps"] == (3 * tasks if budget == "matched" else 3)
     assert any(len(m["task-examples"]) > 1 for m in seen)  # the two budgets differ somewhere
+
+
+def test_label_offsets_stack_tasks_by_name() -> None:
+    from fedhet.methods.fedit.wire import label_offsets
+
+    assert label_offsets({"topic": 4, "question": 6, "sentiment": 2}) == {
+        "question": 0,
+        "sentiment": 6,
+        "topic": 8,
+    }
+
+
+def test_fedit_shared_head_is_one_union_head_and_never_told_the_task(tmp_path) -> None:
+    from fedhet.data.text import task_classes
+    from fedhet.methods.fedit.wire import UNION_HEAD, head_tasks
+
+    fit, grid = make(
+        "fedit", tmp_path, num_nodes=3, num_server_rounds=2, **{"fedit.head": "shared"}
+    )
+    uploads: list[dict[str, Any]] = []
+
+    def capture(node_id: int, reply: Message) -> Message:
+        if not reply.has_error() and reply.metadata.message_type == MessageType.TRAIN:
+            arrays = reply.content.array_records["arrays"]
+            uploads.append(
+                {
+                    "heads": head_tasks(arrays.keys()),
+                    "bias": arrays[next(k for k in arrays if k.endswith(".bias") and "heads" in k)]
+                    .numpy()
+                    .shape,
+                    "examples": list(reply.content.metric_records["metrics"]["task-examples"]),
+                    "n": reply.content.metric_records["metrics"]["num-examples"],
+                }
+            )
+        return reply
+
+    grid.corrupt = capture
+    fit.start(grid)
+    union = sum(task_classes(fit.shared.dataset, fit.shared.seed).values())
+    assert len(uploads) == 6
+    for up in uploads:
+        assert up["heads"] == [UNION_HEAD]
+        assert up["bias"] == (union,)  # one logit per label of every task
+        assert up["examples"] == [up["n"]]
+    assert fit.task_names == [UNION_HEAD]
+    last = fit.history[-1]
+    # uploads name no task, so the evaluator knows tasks by their tags only: one entry each
+    assert len(last["task-accuracy"]) == len(SYNTHETIC_TASKS)
+    assert 0 < last["mean-task-accuracy"] <= 1
+    # the union head is harder than per-task heads but learns: above the union's chance
+    assert last["eval-accuracy"] > 1 / union
+
+
+def test_fedit_reply_with_per_task_heads_is_dropped_under_a_shared_head(tmp_path) -> None:
+    fit, grid = make(
+        "fedit", tmp_path, num_nodes=3, num_server_rounds=1, **{"fedit.head": "shared"}
+    )
+    fit.start(grid)
+    per_task, _ = make("fedit", tmp_path / "p", num_nodes=1, num_server_rounds=1)
+    arrays = dict(per_task.initial_arrays())
+    node = next(iter(fit.nodes.values()))
+    with pytest.raises(ReplyError, match=r"do not fit fedit\.head='shared'"):
+        fit.validate_reply(node, 1, arrays, {"task-examples": [1, 1, 1]})

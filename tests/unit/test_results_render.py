@@ -147,8 +147,9 @@ def test_fltac_sweep_picks_each_methods_best_and_names_the_winner() -> None:
     assert "0.13 of FedIT's (within the 1/3 budget)" in text
     assert "0.53 of FedIT's (over the 1/3 budget)" in text
     follow = fltac_sweep.follow_ups(rows[:4])
-    assert [(s["method"], s["rank"], s["budget"]) for s in follow] == [
-        ("fedit", 16, "repository"),
-        ("fltac", 2, "matched"),
-        ("fltac", 4, "matched"),
+    assert [(s["method"], s["rank"], s["budget"], s["head"]) for s in follow] == [
+        ("fedit", 16, "repository", "per-task"),
+        ("fedit", 16, "matched", "shared"),
+        ("fltac", 2, "matched", "per-task"),
+        ("fltac", 4, "matched", "per-task"),
     ]

@@ -10,6 +10,7 @@ uploads the adapter and its tasks' heads (keyed by task name) with ``task-exampl
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,15 +39,45 @@ from fedhet.core.lora import get_adapter_state, mask_logits, set_adapter_state
 from fedhet.core.seeding import derive_seed
 from fedhet.data.text_slots import TextSlot, sample_batches
 from fedhet.methods.fedit.config import FedITConfig
-from fedhet.methods.fedit.wire import TASK_EXAMPLES, head_task
+from fedhet.methods.fedit.wire import TASK_EXAMPLES, UNION_HEAD, head_task, label_offsets
 from fedhet.models.text import select_task_head
 
 
 def _model(ctx: ClientContext, mcfg: FedITConfig, slots: list[TextSlot]) -> PeftModel:
-    """One shared adapter with a head per task name (the run's tasks and the device's own)."""
+    """One shared adapter with a head per task name (the run's tasks and the device's own), or
+    with one head over the union of the run's labels (``fedit.head=shared``)."""
     classes = run_task_classes(ctx)
+    if mcfg.head == "shared":
+        return adapter_model(ctx, mcfg, sum(_union(ctx, slots).values()), (UNION_HEAD,))
     tasks = tuple(sorted(set(classes) | {s.task for s in slots}))
     return adapter_model(ctx, mcfg, head_outputs(mcfg, classes, slots), tasks)
+
+
+def _union(ctx: ClientContext, slots: list[TextSlot]) -> dict[str, int]:
+    """``{task: classes}`` of the union head: the run's task table (needed by every device)."""
+    classes = run_task_classes(ctx)
+    missing = sorted({s.task for s in slots} - set(classes))
+    if not classes or missing:
+        raise ValueError(
+            "fedit.head='shared' needs the run's task table on every device "
+            f"(tasks {missing or 'all'} unknown here)"
+        )
+    return classes
+
+
+def _head_and_labels(
+    ctx: ClientContext, mcfg: FedITConfig, slots: list[TextSlot]
+) -> tuple[Callable[[TextSlot], str], Callable[[TextSlot], int], int]:
+    """Which head scores a slot, the offset of its labels, and the logits kept (the rest masked).
+
+    Per-task heads: the slot's task head, labels as they are, the task's classes. Shared head:
+    the union head, labels offset by :func:`label_offsets`, every union label kept.
+    """
+    if mcfg.head == "shared":
+        union = _union(ctx, slots)
+        offsets = label_offsets(union)
+        return (lambda _s: UNION_HEAD), (lambda s: offsets[s.task]), sum(union.values())
+    return (lambda s: s.task), (lambda _s: 0), 0
 
 
 def _load(msg: Message, model: PeftModel) -> None:
@@ -85,6 +116,7 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
     ]
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=mcfg.lr)
     model.train()
+    head_of, offset_of, union_classes = _head_and_labels(ctx, mcfg, slots)
     loss_sum, seen = 0.0, 0
     # matched: τ rounds over all n_i tasks (n_i·τ steps); repository: τ steps in all, tasks in turn
     order = [k for _ in range(mcfg.steps) for k in range(len(slots))]
@@ -92,16 +124,17 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         order = order[: mcfg.steps]
     for k in order:
         slot, batch = slots[k], next(streams[k])
-        select_task_head(model, slot.task)
+        select_task_head(model, head_of(slot))
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss = F.cross_entropy(mask_logits(out.logits, slot.num_classes), batch["labels"])
+        logits = mask_logits(out.logits, union_classes or slot.num_classes)
+        loss = F.cross_entropy(logits, batch["labels"] + offset_of(slot))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         loss_sum += float(loss.detach()) * len(batch["labels"])
         seen += len(batch["labels"])
     steps_run = len(order)
-    own = {s.task for s in slots}
+    own = {head_of(s) for s in slots}
     state = state_to_numpy(get_adapter_state(model))
     arrays = {k: v for k, v in state.items() if (p := head_task(k)) is None or p[0] in own}
     metrics = {
@@ -109,7 +142,10 @@ def train(msg: Message, ctx: ClientContext) -> RecordDict:
         "train-loss": loss_sum / seen if seen else 0.0,
         "train-seconds": time.perf_counter() - start,
         "train-steps": steps_run,
-        TASK_EXAMPLES: [s.num_train for s in slots],  # sorted by task name, as the heads
+        # sorted by task name, as the heads (the union head: every local example)
+        TASK_EXAMPLES: [s.num_train for s in slots]
+        if mcfg.head == "per-task"
+        else [sum(s.num_train for s in slots)],
     }
     return reply_content(arrays, metrics)
 
@@ -127,8 +163,14 @@ def evaluate(msg: Message, ctx: ClientContext) -> RecordDict:
         return eval_reply([], with_tasks=True)
     model = _model(ctx, mcfg, slots)
     _load(msg, model)
+    head_of, offset_of, union_classes = _head_and_labels(ctx, mcfg, slots)
     results = evaluate_slots(
-        model, slots, mcfg.eval_batch_size, lambda slot: select_task_head(model, slot.task)
+        model,
+        slots,
+        mcfg.eval_batch_size,
+        lambda slot: select_task_head(model, head_of(slot)),
+        label_offset=offset_of,
+        num_classes=union_classes,
     )
     return eval_reply(results, with_tasks=True)
 

@@ -31,6 +31,11 @@ class FedITConfig(LoraAdapterSettings):
     steps : int
         τ; with ``step-budget = "matched"`` a device with n_i tasks runs n_i·τ steps cycling over
         its tasks batch by batch, the compute of FL-TAC (METHODS.md §4.2).
+    head : {"per-task", "shared"}
+        ``per-task`` (default): a C_max-way head per task name, each batch scored by its task's
+        head (the model is told each item's task). ``shared``: one head over the union of the
+        run's labels (Σ_t C_t outputs, task t's labels offset by the classes of the tasks before
+        it in name order), one model for all tasks as FedIT has: the task is never given.
     step_budget : {"matched", "repository"}
         ``matched`` (default): n_i·τ steps, FL-TAC's compute; ``repository``: τ steps in all,
         split over the device's tasks in turn, as FL-TAC's official code runs its FedIT
@@ -40,6 +45,9 @@ class FedITConfig(LoraAdapterSettings):
     """
 
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank of the shared adapter.")
+    head: Literal["per-task", "shared"] = Field(
+        "per-task", description="A head per task name, or one over the union of labels."
+    )
     step_budget: Literal["matched", "repository"] = Field(
         "matched", description="n_i·τ steps (FL-TAC's compute) or τ in all (the repository's)."
     )

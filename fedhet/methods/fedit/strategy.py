@@ -3,7 +3,9 @@
 FedIT (arXiv 2305.05644) as FL-TAC's baseline (arXiv 2404.15384, METHODS.md §4.2): every device
 trains the same rank-r adapter (``fedit.rank`` = 16) on all its tasks; the server takes the
 sample-weighted mean of the adapter (B2 ``plain``) and, per task name, the mean of the heads the
-devices holding that task sent, weighted by their examples of it.
+devices holding that task sent, weighted by their examples of it. With ``fedit.head=shared``
+there is one head over the union of the run's labels, averaged over every device like the
+adapter, and no model is told an item's task.
 
 Task identity is part of FedIT's design, not a leak: uploads name each head's task
 (:mod:`fedhet.methods.fedit.wire`), so the per-task tags of evaluate replies
@@ -26,7 +28,7 @@ from fedhet.core.aggregate import Contribution, weighted_mean
 from fedhet.core.lora import lora_keys
 from fedhet.methods.fedit.config import FedITConfig
 from fedhet.methods.fedit.plan import FedITKnobs
-from fedhet.methods.fedit.wire import TASK_EXAMPLES, head_task, head_tasks
+from fedhet.methods.fedit.wire import TASK_EXAMPLES, UNION_HEAD, head_task, head_tasks
 from fedhet.server.adapters import AdapterStrategy
 from fedhet.server.strategy import Node, Reply
 from fedhet.server.validate import ArraySpec, ReplyError, spec_of, validate_arrays
@@ -64,8 +66,12 @@ class FedITStrategy(AdapterStrategy):
             raise ConfigError(
                 f"FedIT server cannot read the tasks of dataset {self.shared.dataset!r}: {exc}"
             ) from None
-        self.task_names = list(classes)
-        self.num_labels = mcfg.num_labels or max(classes.values())
+        if mcfg.head == "shared":  # one head over the union of the run's labels
+            self.task_names = [UNION_HEAD]
+            self.num_labels = sum(classes.values())
+        else:
+            self.task_names = list(classes)
+            self.num_labels = mcfg.num_labels or max(classes.values())
         _, state = self.build_adapter_model(self.num_labels, tuple(sorted(self.task_names)))
         self.lora_spec: dict[str, ArraySpec] = spec_of(
             {k: state[k] for k in lora_keys({k: torch.from_numpy(v) for k, v in state.items()})}
@@ -110,6 +116,11 @@ class FedITStrategy(AdapterStrategy):
         heads = head_tasks(arrays)
         if not heads:
             raise ReplyError("no task head uploaded")
+        shared = self.mcfg.head == "shared"
+        if shared != (heads == [UNION_HEAD]):
+            raise ReplyError(
+                f"heads {heads} do not fit fedit.head={self.mcfg.head!r}"
+            )
         expected = dict(self.lora_spec)
         for task in heads:
             expected.update({f"{self.head_prefix}{task}.{p}": s for p, s in self.head_spec.items()})

@@ -10,11 +10,24 @@ averaged per task name); it is the task identity FL-TAC does without.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 HEAD_KEY = re.compile(r"^(?P<prefix>.*\.heads\.)(?P<task>[^.]+)\.(?P<param>.+)$")
 TASK_EXAMPLES = "task-examples"
 """Train-reply metric: local training examples per uploaded head (sorted by task name)."""
+
+
+UNION_HEAD = "all-tasks"
+"""Head name of ``fedit.head=shared``: one head over the union of the run's labels."""
+
+
+def label_offsets(classes: Mapping[str, int]) -> dict[str, int]:
+    """Offset of each task's labels in the union head: classes of the tasks before it by name."""
+    offsets, total = {}, 0
+    for task in sorted(classes):
+        offsets[task] = total
+        total += int(classes[task])
+    return offsets
 
 
 def head_task(key: str) -> tuple[str, str] | None:
@@ -28,4 +41,4 @@ def head_tasks(keys: Iterable[str]) -> list[str]:
     return sorted({p[0] for k in keys if (p := head_task(k))})
 
 
-__all__ = ["HEAD_KEY", "TASK_EXAMPLES", "head_task", "head_tasks"]
+__all__ = ["HEAD_KEY", "TASK_EXAMPLES", "UNION_HEAD", "head_task", "head_tasks", "label_offsets"]

@@ -154,12 +154,7 @@ def run_method(
     (:func:`finished_run`) is read instead of run again (``--reuse``: a long tier stopped
     part-way loses only its unfinished run).
     """
-    raw = default_run_config(
-        method=method, run_name=run_name, output_dir=str(out / "raw" / bench), min_nodes=num_nodes
-    )
-    for key, value in config.items():
-        raw[key if "." in key else key.replace("_", "-")] = value
-    run_dir = out / "raw" / bench / run_name
+    raw, run_dir = _run_config(bench, run_name, method, num_nodes, out, config)
     if reuse and (done := finished_run(run_dir, raw)) is not None:
         log.info("%s/%s: reusing the finished run in %s", bench, run_name, run_dir)
         return done
@@ -171,6 +166,27 @@ def run_method(
     strategy = run_local(raw, node_cfgs, run_dir)
     log.info("%s/%s finished in %.1f s", bench, run_name, time.time() - start)
     return strategy.history
+
+
+def _run_config(
+    bench: str, run_name: str, method: str, num_nodes: int, out: Path, config: dict[str, Any]
+) -> tuple[dict[str, Any], Path]:
+    """The flat run config of :func:`run_method` and its run folder."""
+    raw = default_run_config(
+        method=method, run_name=run_name, output_dir=str(out / "raw" / bench), min_nodes=num_nodes
+    )
+    for key, value in config.items():
+        raw[key if "." in key else key.replace("_", "-")] = value
+    return raw, out / "raw" / bench / run_name
+
+
+def finished_method_run(
+    bench: str, run_name: str, method: str, *, num_nodes: int, out: Path = RESULTS, **config: Any
+) -> list[dict[str, Any]] | None:
+    """The metrics lines of a finished :func:`run_method` run of exactly this config, else None
+    (nothing is run: a stopped sweep can still be reported)."""
+    raw, run_dir = _run_config(bench, run_name, method, num_nodes, out, config)
+    return finished_run(run_dir, raw)
 
 
 def finished_run(run_dir: Path, raw: dict[str, Any]) -> list[dict[str, Any]] | None:

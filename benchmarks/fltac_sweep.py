@@ -34,6 +34,7 @@ from typing import Any
 from benchmarks.common import (
     RESULTS,
     absolute_path,
+    finished_method_run,
     markdown_table,
     run_method,
     setup,
@@ -105,6 +106,28 @@ def _run(job: tuple[dict[str, Any], str, int]) -> dict[str, Any]:
         **spec["keys"],
         seed=seed,
     )
+    return _row(spec, seed, history, time.time() - start)
+
+
+def _finished(job: tuple[dict[str, Any], str, int]) -> dict[str, Any] | None:
+    """The row of a cell whose run already finished, else None (nothing is run)."""
+    spec, out, seed = job
+    history = finished_method_run(
+        BENCH,
+        f"{spec['name']}-s{seed}",
+        spec["method"],
+        num_nodes=NUM_CLIENTS,
+        out=Path(out),
+        **settings(True),
+        **spec["keys"],
+        seed=seed,
+    )
+    return None if history is None else _row(spec, seed, history, None)
+
+
+def _row(
+    spec: dict[str, Any], seed: int, history: list[dict[str, Any]], wall: float | None
+) -> dict[str, Any]:
     last = history[-1]
     return {
         **{k: v for k, v in spec.items() if k != "keys"},
@@ -114,11 +137,15 @@ def _run(job: tuple[dict[str, Any], str, int]) -> dict[str, Any]:
         "uploaded-params": last.get("uploaded-params"),
         "payload-bytes-up": last.get("payload-bytes-up"),
         "curve": [h.get("mean-task-accuracy") for h in history],
-        "wall-s": time.time() - start,
+        "wall-s": wall,
     }
 
 
-def _map(jobs: list[tuple[dict[str, Any], str, int]], workers: int) -> list[dict[str, Any]]:
+def _map(
+    jobs: list[tuple[dict[str, Any], str, int]], workers: int, finished_only: bool = False
+) -> list[dict[str, Any]]:
+    if finished_only:  # report what finished; run nothing
+        return [row for j in jobs if (row := _finished(j)) is not None]
     if workers > 1 and len(jobs) > 1:
         with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
             return pool.map(_run, jobs, chunksize=1)
@@ -192,7 +219,7 @@ def render_json(data: dict[str, Any]) -> str:
             _pct(r["mean-task-accuracy"]),
             *(_pct((r.get("task-accuracy") or {}).get(t)) for t in tasks),
             f"{r['uploaded-params']:,}" if r.get("uploaded-params") is not None else "–",
-            f"{r['wall-s']:.0f}",
+            "–" if r["wall-s"] is None else f"{r['wall-s']:.0f}",
         ]
 
     head = [
@@ -294,6 +321,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-follow-ups", action="store_true", help="the grid only")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="run nothing: report the cells whose runs finished (a stopped sweep)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup(1)
@@ -306,12 +338,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         for a in ALPHAS
         for m in METHODS
     ]
-    rows = _map([(s, str(args.out), args.seed) for s in specs], args.jobs)
+    rows = _map([(s, str(args.out), args.seed) for s in specs], args.jobs, args.finished_only)
     if not args.skip_follow_ups:
-        rows += _map([(s, str(args.out), args.seed) for s in follow_ups(rows)], args.jobs)
+        follow = [(s, str(args.out), args.seed) for s in follow_ups(rows)]
+        rows += _map(follow, args.jobs, args.finished_only)
     command = "python -m benchmarks.fltac_sweep" + (
         " --skip-follow-ups" if args.skip_follow_ups else ""
     )
+    if args.finished_only:
+        grid = len(specs) + (0 if args.skip_follow_ups else len(follow_ups(rows)))
+        command += f" --finished-only ({len(rows)} of {grid} cells had finished)"
     data = {
         "command": command,
         "seed": args.seed,

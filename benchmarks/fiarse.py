@@ -58,6 +58,13 @@ LADDER = "0.015625,0.0625,0.25,1"
 
 #: Label of FIARSE run with the official code's settings (fedhet's defaults are a variant).
 OFFICIAL = "FIARSE (official settings)"
+#: How tables name a method: fedhet's FIARSE defaults differ from the official code's choices.
+SHOWN = {"FIARSE": "FIARSE (fedhet's variant)"}
+
+
+def shown(label: str) -> str:
+    """The name a table gives ``label``."""
+    return SHOWN.get(label, label)
 
 #: label -> (registered method, method-specific keys)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -273,7 +280,7 @@ def claims(rows: list[dict[str, Any]], default_seed: int = 0) -> list[tuple[str,
                     continue
                 tag = "(b)" if thr else "(a)"
                 ahead = "ahead of" if not thr else "ahead by ≥ 3 points of"
-                claim = f"{tag} {label} {ahead} {other} on {name}"
+                claim = f"{tag} {shown(label)} {ahead} {other} on {name}"
                 verdict, text = claim_verdict(margins, thr)
                 note = ""
                 b_mean, _ = mean_std([b for _, b in pairs])
@@ -318,7 +325,7 @@ def render_json(data: dict[str, Any]) -> str:
         head,
         [
             [
-                label,
+                shown(label),
                 _cell(r, "local"),
                 *(_cell(r, f"model-{g:g}", f"model-share-{g:g}") for g in SIZES),
                 _cell(r, "global"),
@@ -335,7 +342,7 @@ def render_json(data: dict[str, Any]) -> str:
         ["Method", *(f"global acc @ {SIZE_LABELS[g]}" for g in SIZES), "Global (mean)"],
         [
             [
-                label,
+                shown(label),
                 *(_cell(r, f"global-{g:g}", f"global-share-{g:g}") for g in SIZES),
                 _cell(r, "global"),
             ]
@@ -350,7 +357,7 @@ def render_json(data: dict[str, Any]) -> str:
         ],
         [
             [
-                label,
+                shown(label),
                 *(_share_cell(r, f"global-share-{g:g}") for g in SIZES),
                 *(_share_cell(r, f"model-share-{g:g}") for g in SIZES),
             ]
@@ -363,7 +370,7 @@ def render_json(data: dict[str, Any]) -> str:
         for g, d in first["payload-by-size"].items():
             btable_rows.append(
                 [
-                    label,
+                    shown(label),
                     g,
                     f"{d['up']:.0f}" if d["up"] else "–",
                     f"{d['down']:.0f}" if d["down"] else "–",

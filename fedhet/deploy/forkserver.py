@@ -209,7 +209,7 @@ MESSAGE_WAIT_S = 10.0
 
 
 def _tune_flower() -> list[str]:
-    """Adapt two waits of Flower 1.41's ClientApp to a process that starts in milliseconds.
+    """Adapt Flower 1.41's ClientApp to a process that starts in milliseconds.
 
     The SuperNode creates the ClientApp's task *before* it has pulled the message and its
     objects from the SuperLink (``flwr/supernode/start_client_internal.py``). A cold process
@@ -218,7 +218,8 @@ def _tune_flower() -> list[str]:
     Runtime API"), or (2) finds objects not yet stored and backs off 1 s, 2 s, 4 s … before asking
     again. Here (1) ``RuntimeHttpClient.PullMessages`` asks again every ≤ 0.2 s for up to
     :data:`MESSAGE_WAIT_S` while the list is empty, and (2) the object pull backs off from
-    0.05 s to at most 0.5 s, with no cap on tries (Flower's 7,200 s overall limit stays).
+    0.05 s to at most 0.5 s, with no cap on tries (Flower's 7,200 s overall limit stays). (3) A
+    FAB already installed is not unpacked and re-verified again (:func:`installed_fab`).
 
     Returns
     -------
@@ -262,7 +263,46 @@ def _tune_flower() -> list[str]:
         done.append(f"message pull waits up to {MESSAGE_WAIT_S:.0f}s")
     except (ImportError, AttributeError) as err:
         done.append(f"message pull NOT changed ({err})")
+    try:
+        from flwr.supernode.runtime import run_clientapp
+
+        install = run_clientapp.install_from_fab
+
+        def install_once(fab_file: object, *args: object, **kwargs: object) -> object:
+            if isinstance(fab_file, bytes) and not args and set(kwargs) <= {"skip_prompt"}:
+                installed = installed_fab(fab_file)
+                if installed is not None:
+                    return installed
+            return install(fab_file, *args, **kwargs)  # type: ignore[arg-type]
+
+        run_clientapp.install_from_fab = install_once  # type: ignore[assignment]
+        done.append("an installed FAB is not unpacked again")
+    except (ImportError, AttributeError) as err:
+        done.append(f"FAB install NOT changed ({err})")
     return done
+
+
+def installed_fab(content: bytes) -> object | None:
+    """The folder Flower installed this exact FAB in (by its SHA-256), or None.
+
+    Flower 1.41's ``flwr-clientapp`` unpacks and re-verifies the FAB for every message, then finds
+    the app already installed under ``$FLWR_HOME/apps/<publisher>.<name>.<version>.<hash[:8]>``
+    and uses that folder as it is. Identical bytes verify identically, so a warm child skips the
+    unpacking when that folder exists (and keeps the bytecode Python cached there).
+    """
+    import hashlib
+    from pathlib import Path
+
+    from flwr.common.constant import APP_DIR, FAB_HASH_TRUNCATION
+    from flwr.supercore.utils import get_flwr_home
+
+    digest = hashlib.sha256(content).hexdigest()[:FAB_HASH_TRUNCATION]
+    found = [
+        p
+        for p in (Path(get_flwr_home()) / APP_DIR).glob(f"*.{digest}")
+        if (p / "pyproject.toml").is_file()
+    ]
+    return found[0] if len(found) == 1 else None
 
 
 #: Longest pause of a tuned SuperNode's loop (Flower's: 3 s idle pull, 0.5 s reply waits).

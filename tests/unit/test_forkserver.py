@@ -183,3 +183,25 @@ print(json.dumps(out))
         assert (kw["initial_backoff"], kw["backoff_cap"]) == (first, cap)
         assert kw["max_tries_per_object"] is None
     assert out["slept"] < 1.0  # Flower's 3 s idle pull, capped
+
+
+def test_an_installed_fab_is_found_by_its_hash_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    content = b"fab bytes"
+    digest = hashlib.sha256(content).hexdigest()[:8]
+    assert forkserver.installed_fab(content) is None  # nothing installed yet
+    app = tmp_path / "apps" / f"fedhet.fedhet.0.1.0.{digest}"
+    app.mkdir(parents=True)
+    assert forkserver.installed_fab(content) is None  # an unfinished install: no pyproject
+    (app / "pyproject.toml").write_text("[project]\n")
+    assert forkserver.installed_fab(content) == app
+    assert forkserver.installed_fab(b"other bytes") is None
+    # two apps with the same short hash: ambiguous, so Flower's own install decides
+    twin = tmp_path / "apps" / f"other.app.1.0.0.{digest}"
+    twin.mkdir()
+    (twin / "pyproject.toml").write_text("[project]\n")
+    assert forkserver.installed_fab(content) is None

@@ -66,6 +66,7 @@ def shown(label: str) -> str:
     """The name a table gives ``label``."""
     return SHOWN.get(label, label)
 
+
 #: label -> (registered method, method-specific keys)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "FIARSE": ("fiarse", {"fiarse.size-assignment": "equal-groups"}),

@@ -118,9 +118,7 @@ class FedITStrategy(AdapterStrategy):
             raise ReplyError("no task head uploaded")
         shared = self.mcfg.head == "shared"
         if shared != (heads == [UNION_HEAD]):
-            raise ReplyError(
-                f"heads {heads} do not fit fedit.head={self.mcfg.head!r}"
-            )
+            raise ReplyError(f"heads {heads} do not fit fedit.head={self.mcfg.head!r}")
         expected = dict(self.lora_spec)
         for task in heads:
             expected.update({f"{self.head_prefix}{task}.{p}": s for p, s in self.head_spec.items()})

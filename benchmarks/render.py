@@ -42,9 +42,11 @@ def _load(results: Path, bench: str, tier: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _best_tier(results: Path, bench: str) -> tuple[str, dict[str, Any]] | None:
+def _best_tier(
+    results: Path, bench: str, tiers: Sequence[str] = TIERS
+) -> tuple[str, dict[str, Any]] | None:
     """The reference tier's data if it was run, else the quick tier's."""
-    for tier in TIERS:
+    for tier in tiers:
         data = _load(results, bench, tier)
         if data is not None:
             return tier, data
@@ -84,6 +86,7 @@ def glance_rows(results: Path) -> list[list[str]]:
                 verdict,
             ]
         )
+    rows += cocofl_c2_rows(results)
     found = _best_tier(results, "fiarse")
     if found:
         tier, data = found
@@ -141,6 +144,37 @@ def glance_rows(results: Path) -> list[list[str]]:
     rows += sweep_rows(results)
     rows += genefl_rows(results) + pfedafm_rows(results) + deployment_rows(results)
     return rows
+
+
+def cocofl_c2_rows(results: Path) -> list[list[str]]:
+    """CoCoFL on the group-correlated split (§6.6 C2): claim (a) and the fairness claim (b)."""
+    found = _best_tier(results, "cocofl", ("reference-c2", "quick-c2"))
+    if not found:
+        return []
+    tier, data = found
+    runs = cocofl._by_method(data["rows"], int(data["settings"].get("seed", 0)))
+    coco, drop = runs.get("CoCoFL", {}), runs.get("FedAvg-drop", {})
+    seeds = sorted(set(coco) & set(drop))
+    if not seeds:
+        return []
+    head = f"{tier.split('-')[0]} tier, {data['settings']['num-server-rounds']} rounds, "
+    head += f"{_seeds_text(len(seeds))}: "
+    overall = claim_verdict([coco[t]["accuracy"] - drop[t]["accuracy"] for t in seeds])
+    weak = claim_verdict(
+        [coco[t]["home-accuracy"]["weak"] - drop[t]["home-accuracy"]["weak"] for t in seeds]
+    )
+    return [
+        [
+            "CoCoFL above FedAvg-drop, group-correlated split (§6.6 a, C2)",
+            head + overall[1],
+            overall[0],
+        ],
+        [
+            "CoCoFL above FedAvg-drop on the weak devices' home classes (§6.6 b, fairness)",
+            head + weak[1],
+            weak[0],
+        ],
+    ]
 
 
 def sweep_rows(results: Path) -> list[list[str]]:

@@ -40,8 +40,10 @@ on a shared host).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shlex
 import shutil
 import statistics
 import time
@@ -78,12 +80,20 @@ NUM_DEVICES = 30
 CLASSES: tuple[str, ...] = tuple(CLASS_BUDGETS)
 MILESTONES = "0.6,0.8"
 
+#: CoCoFL planning with the analytic cost table.
+ANALYTIC = "CoCoFL (analytic table)"
+
 #: label -> (registered method, run-config overrides)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "CoCoFL": ("cocofl", {}),
     "FedAvg-full": ("fedavg", {"fedavg.weight-decay": 1e-3}),
     "FedAvg-drop": ("fedavg-drop", {"fedavg-drop.weight-decay": 1e-3}),
+    # Issue 14: the accuracy effect of planning with the analytic cost table (METHODS.md B7)
+    # instead of the measured one (the analytic table admits windows 0-0 and 1-2 to medium devices).
+    ANALYTIC: ("cocofl", {"cocofl.cost": "analytic"}),
 }
+#: What a plain run compares (METHODS.md §6.6); the analytic-table row runs on request.
+DEFAULT_LABELS = ["CoCoFL", "FedAvg-full", "FedAvg-drop"]
 
 
 #: Splits of METHODS.md §6.6: C1 Dir(0.1) equal shards; C2 label skew correlated with device class.
@@ -630,9 +640,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         list(METHODS),
         "5-round tier (< 5 min on 2 cores)",
         argv,
-        extra=[("--split", {"choices": list(SPLITS), "default": "c1", "help": "§6.6 C1 or C2"})],
+        extra=[
+            ("--split", {"choices": list(SPLITS), "default": "c1", "help": "§6.6 C1 or C2"}),
+            (
+                "--merge",
+                {
+                    "action": "store_true",
+                    "help": "add these runs to the tier's saved JSON (same method and seed replaced)",
+                },
+            ),
+        ],
     )
     setup(1)
+    if args.methods == ",".join(METHODS):  # the default: the three §6.6 methods
+        args.labels = list(DEFAULT_LABELS)
     labels = args.labels
     tier = "quick" if args.quick else "reference"
     suffix = "" if args.split == "c1" else f"-{args.split}"
@@ -662,12 +683,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         command += f" --seeds {args.seeds}"
     if args.split != "c1":
         command += f" --split {args.split}"
+    if labels != DEFAULT_LABELS:
+        command += f" --methods {shlex.quote(','.join(labels))}"
     name = f"cocofl-{tier}{suffix}"
+    saved = args.out / f"{name}.json"
+    seed_list = list(args.seed_list)
+    if args.merge and saved.is_file():
+        old = json.loads(saved.read_text())
+        new = {(r["method"], r["seed"]) for r in rows}
+        rows = [r for r in old["rows"] if (r["method"], r.get("seed")) not in new] + rows
+        seed_list = sorted({*old.get("seeds", [args.seed]), *seed_list})
+        command = f"{old['command']}; then {command} --merge"
+        total += float(old["wall-s"])
     data = {
         "rows": rows,
         "settings": {**settings(args.quick, args.split), "seed": args.seed},
         "fedavg-full-fleet": "three-tier",
-        "seeds": args.seed_list,
+        "seeds": seed_list,
         "command": command,
         "milestones": milestones,
         "wall-s": total,
@@ -676,12 +708,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "evaluated",
     }
     text = render_json(data)
-    plot_curves(
-        curves,
-        args.out / f"{name}-curves.png",
-        metric="server-accuracy",
-        title=f"CoCoFL benchmark ({tier}, {args.split.upper()}, seed {args.seed}): global-test accuracy",
-    )
+    if not args.merge:  # a merge keeps the tier's plot of its first seed
+        plot_curves(
+            curves,
+            args.out / f"{name}-curves.png",
+            metric="server-accuracy",
+            title=f"CoCoFL benchmark ({tier}, {args.split.upper()}, seed {args.seed}): "
+            "global-test accuracy",
+        )
     path = write_result(args.out, name, text, data)
     combined = combine_tiers(args.out)
     print(text)  # the benchmark's table output

@@ -378,6 +378,15 @@ def verdict(rows: list[dict[str, Any]], quick: bool, default_seed: int = 0) -> s
             f"- (c) CoCoFL ≤ FedAvg-full: **{v1}** (FedAvg-full − CoCoFL, {t1}); with a smaller "
             f"gap than FedAvg-drop's: **{v2}** (gap difference, {t2})."
         )
+    analytic = runs.get(ANALYTIC, {})
+    seeds = sorted(set(coco) & set(analytic))
+    if seeds:
+        v, text = claim_verdict([analytic[t]["accuracy"] - coco[t]["accuracy"] for t in seeds])
+        lines.append(
+            f"- Cost table (issue 14): planning with the analytic table instead of the measured "
+            f'one, final accuracy analytic − measured: {text} ("holds" = the analytic table '
+            f"gives higher accuracy; here **{v}**)."
+        )
     if coco:
         first = coco[min(coco)]
         over = {c: d["over"] for c, d in first["costs"].items()}

@@ -486,7 +486,7 @@ def render(
         + ")"
     )
     other_split = (
-        f"C2 (group-correlated split) is in `cocofl-{tier}-c2.md`."
+        f"C2 (group-correlated split) is `--split c2`, in `cocofl-{tier}-c2.md` where it was run."
         if split == "c1"
         else f"C1 (Dir(0.1) equal shards) is in `cocofl-{tier}.md`."
     )

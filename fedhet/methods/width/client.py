@@ -10,6 +10,7 @@ devices holding its class (HeteroFL's label split, kept by FedRolex).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,8 @@ from fedhet.client.training import train_sgd
 from fedhet.methods.width.config import WidthConfig
 from fedhet.methods.width.plan import WidthKnobs
 
+log = logging.getLogger("fedhet.width")
+
 
 def _slice_model(msg: Message, ctx: ClientContext, num_classes: int) -> nn.Module:
     """The received width-β slice loaded into ``build_model(model, width=β)``; β from the plan."""
@@ -41,12 +44,31 @@ def _slice_model(msg: Message, ctx: ClientContext, num_classes: int) -> nn.Modul
     )
 
 
+#: Normalisation layers: HeteroFL's scaler is applied where one follows the scaled layers.
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+
+
+def has_norm_layers(model: nn.Module) -> bool:
+    """Whether ``model`` has a normalisation layer (:data:`NORM_LAYERS`)."""
+    return any(isinstance(m, NORM_LAYERS) for m in model.modules())
+
+
 @contextmanager
 def width_scaler(model: nn.Module, beta: float, enabled: bool) -> Iterator[None]:
-    """Divide every hidden conv/linear output by β in training mode (HeteroFL's scaler)."""
+    """Divide every hidden conv/linear output by β in training mode (HeteroFL's scaler).
+
+    Only on models with normalisation layers, as in HeteroFL, where a (static) batch norm follows
+    every scaled layer. On a model without them (``cnn_s``) the factor 1/β is not normalised
+    away: a slice's outputs shrink by about √β with random weights, not β, so every scaled layer
+    multiplies the activations by 1/√β (×2.8 at β = 1/8) and training at lr 0.1 diverges
+    (measured: HeteroFL on the FIARSE benchmark's 1/64 and 1/16 devices, train losses 10²–10⁵,
+    replies dropped as non-finite). There ``width-scaler`` is a no-op (logged once).
+    """
     layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     handles = []
-    if enabled and beta < 1:
+    if enabled and beta < 1 and not has_norm_layers(model):
+        _note_scaler_skipped(type(model).__name__)
+    elif enabled and beta < 1:
         for layer in layers[:-1]:  # the classifier is not scaled
 
             def hook(mod: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
@@ -82,6 +104,15 @@ def label_mask(model: nn.Module, classes: list[int], enabled: bool) -> Iterator[
     finally:
         if handle is not None:
             handle.remove()
+
+
+_SKIPPED: set[str] = set()
+
+
+def _note_scaler_skipped(model_name: str) -> None:
+    if model_name not in _SKIPPED:
+        _SKIPPED.add(model_name)
+        log.info("width-scaler: %s has no normalisation layer, so no scaler is applied", model_name)
 
 
 def train(msg: Message, ctx: ClientContext) -> RecordDict:

@@ -33,7 +33,9 @@ class WidthConfig(SizeLadderConfig):
         Global step η_g of the holder mean (1.0).
     width_scaler : bool
         HeteroFL's scaler (§3): hidden activations divided by β during training, identity at
-        evaluation (default on, as in HeteroFL's and FedRolex's code).
+        evaluation (default on, as in HeteroFL's and FedRolex's code). Applied only to models
+        with normalisation layers, as in those papers; a no-op on ``cnn_s`` (see
+        :func:`fedhet.methods.width.client.width_scaler`).
     label_mask : bool
         HeteroFL's label split (default on, as both papers' code on non-IID data): during
         training the logits of classes absent from the device's training labels are masked

@@ -367,10 +367,10 @@ def render(
             [
                 c["claim"],
                 f"{100 * c['margin']:.2f}"
-                if c["claim"].startswith("(a)")
+                if not c["claim"].startswith("(b)")
                 else f"{c['margin']:.4f}",
                 f"{100 * c['spread']:.2f}"
-                if c["claim"].startswith("(a)")
+                if not c["claim"].startswith("(b)")
                 else f"{c['spread']:.4f}",
                 c["n"],
                 f"**{c['verdict']}**",

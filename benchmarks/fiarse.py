@@ -110,8 +110,10 @@ def settings(quick: bool) -> dict[str, Any]:
     }
 
 
-def _run_one(args: tuple[str, bool, str, int]) -> tuple[str, list[dict[str, Any]], float]:
-    label, quick, out, seed = args
+def _run_one(
+    args: tuple[str, bool, str, int, bool],
+) -> tuple[str, list[dict[str, Any]], float]:
+    label, quick, out, seed, reuse = args
     setup(1)
     method, keys = METHODS[label]
     cfg = settings(quick)
@@ -122,7 +124,9 @@ def _run_one(args: tuple[str, bool, str, int]) -> tuple[str, list[dict[str, Any]
     run_name = f"{'quick' if quick else 'ref'}-{slug}-s{seed}"
     start = time.time()
     config: dict[str, Any] = {**cfg, **keys, f"{prefix}.eval-every": eval_every}
-    history = run_method("fiarse", run_name, method, num_nodes=NUM_CLIENTS, out=Path(out), **config)
+    history = run_method(
+        "fiarse", run_name, method, num_nodes=NUM_CLIENTS, out=Path(out), reuse=reuse, **config
+    )
     return label, history, time.time() - start
 
 
@@ -487,7 +491,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     labels = args.labels
     load_start = os.getloadavg()[0]
     start = time.time()
-    jobs = [(label, args.quick, str(args.out), seed) for seed in args.seed_list for label in labels]
+    jobs = [
+        (label, args.quick, str(args.out), seed, args.reuse)
+        for seed in args.seed_list
+        for label in labels
+    ]
     if args.jobs > 1:
         with mp.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
             results = pool.map(_run_one, jobs, chunksize=1)
@@ -502,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = "python -m benchmarks.fiarse" + (" --quick" if args.quick else "")
     if args.seeds > 1:
         command += f" --seeds {args.seeds}"
+    if args.reuse:
+        command += " --reuse"
     data = {
         "rows": rows,
         "settings": {**settings(args.quick), "seed": args.seed},
@@ -509,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "command": command,
         "wall-s": total,
         "load": [load_start, os.getloadavg()[0]],
-        "width-settings": "label mask and width scaler on (their papers' defaults), β = √γ",
+        "width-settings": "label mask and width scaler on (their papers' defaults; the scaler "
+        "acts only on models with normalisation layers, so not on cnn_s), β = √γ",
     }
     text = render_json(data)
     first = [

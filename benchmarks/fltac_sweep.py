@@ -289,6 +289,9 @@ FedIT: the shared adapter with each task's head).
 
 ## The grid (both methods, compute-matched)
 
+Learning rates swept: {", ".join(f"{x:g}" for x in sorted(data.get("lrs", LRS)))} (of
+{", ".join(f"{x:g}" for x in LRS)}); alpha ∈ {{2r, 16}}.
+
 {grid}
 
 ## At each method's best (lr, alpha)
@@ -322,6 +325,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-follow-ups", action="store_true", help="the grid only")
     parser.add_argument(
+        "--lrs",
+        default=",".join(f"{x:g}" for x in LR_ORDER),
+        help="comma-separated learning rates of the grid, in run order (default: all four)",
+    )
+    parser.add_argument(
         "--finished-only",
         action="store_true",
         help="run nothing: report the cells whose runs finished (a stopped sweep)",
@@ -334,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # the untuned lr of benchmarks.fltac first, then the larger one (a 3-round tier favours
     # fast learners), then the smaller ones: a sweep stopped part-way still compares the likely
     # best cells (``--finished-only`` reports them)
-    specs = [run_spec(m, lr, a, METHODS[m][1]) for lr in LR_ORDER for a in ALPHAS for m in METHODS]
+    lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
+    specs = [run_spec(m, lr, a, METHODS[m][1]) for lr in lrs for a in ALPHAS for m in METHODS]
     rows = _map([(s, str(args.out), args.seed) for s in specs], args.jobs, args.finished_only)
     if not args.skip_follow_ups:
         follow = [(s, str(args.out), args.seed) for s in follow_ups(rows)]
@@ -342,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = "python -m benchmarks.fltac_sweep" + (
         " --skip-follow-ups" if args.skip_follow_ups else ""
     )
+    if sorted(lrs) != sorted(LRS):
+        command += f" --lrs {args.lrs}"
     if args.finished_only:
         grid = len(specs) + (0 if args.skip_follow_ups else len(follow_ups(rows)))
         command += f" --finished-only ({len(rows)} of {grid} cells had finished)"
@@ -352,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "wall-s": time.time() - start,
         "load": [load_before, " ".join(f"{x:.2f}" for x in os.getloadavg())],
         "settings": settings(True),
+        "lrs": lrs,
         "rows": rows,
     }
     text = render_json(data)

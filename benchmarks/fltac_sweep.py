@@ -258,7 +258,7 @@ def render_json(data: dict[str, Any]) -> str:
             lines.append(
                 f"- FedIT with one head over the union of labels (one model for all tasks, never "
                 f"told an item's task) at its best (lr, alpha): {_pct(r['mean-task-accuracy'])} % "
-                f"(a head per task {_pct(fit['mean-task-accuracy'])} %); against FL-TAC's best "
+                f"(a head per task {_pct(fit['mean-task-accuracy'])} %); FL-TAC's best minus this: "
                 f"{100 * (tac['mean-task-accuracy'] - r['mean-task-accuracy']):+.2f} points."
             )
         budget = UPLOAD_SHARE * fit["uploaded-params"]

@@ -191,7 +191,8 @@ def sweep_rows(results: Path) -> list[list[str]]:
         [
             "FL-TAC mean per-task accuracy ≥ FedIT, both at their best of one lr × alpha sweep "
             "(§4.6 a, issue 14)",
-            f"quick tier, 1 seed: FL-TAC r=1 {_pct(tac['mean-task-accuracy'])} % (lr "
+            f"sweep tier (3 rounds of τ = 10), 1 seed: FL-TAC r=1 "
+            f"{_pct(tac['mean-task-accuracy'])} % (lr "
             f"{tac['lr']:g}, alpha {tac['alpha']}) vs FedIT r=16 {_pct(fit['mean-task-accuracy'])} "
             f"% (lr {fit['lr']:g}, alpha {fit['alpha']}): margin {100 * margin:+.2f} points",
             claim_verdict([margin])[0],

@@ -208,6 +208,21 @@ FAST_BACKOFF_S = (0.05, 0.5)
 MESSAGE_WAIT_S = 10.0
 
 
+def fast_backoff(
+    pull: Callable[..., object], backoff: tuple[float, float] = FAST_BACKOFF_S
+) -> bool:
+    """Make a Flower 1.41 object-pull function back off from ``backoff[0]`` to ``backoff[1]`` s,
+    with no cap on tries (its overall time limit stays); False, and nothing changed, when its
+    keyword defaults are not the ones known."""
+    defaults = dict(pull.__kwdefaults__ or {})
+    if not {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= set(defaults):
+        return False
+    first, cap = backoff
+    defaults.update(initial_backoff=first, backoff_cap=cap, max_tries_per_object=None)
+    pull.__kwdefaults__ = defaults
+    return True
+
+
 def _tune_flower() -> list[str]:
     """Adapt Flower 1.41's ClientApp to a process that starts in milliseconds.
 
@@ -233,13 +248,8 @@ def _tune_flower() -> list[str]:
     try:
         from flwr.supercore.inflatable import inflatable_utils
 
-        pull = inflatable_utils.pull_and_inflate_object_from_tree
-        defaults = dict(pull.__kwdefaults__ or {})
-        if {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= set(defaults):
-            first, cap = FAST_BACKOFF_S
-            defaults.update(initial_backoff=first, backoff_cap=cap, max_tries_per_object=None)
-            pull.__kwdefaults__ = defaults
-            done.append(f"object pull backoff {first}-{cap}s")
+        if fast_backoff(inflatable_utils.pull_and_inflate_object_from_tree):
+            done.append(f"object pull backoff {FAST_BACKOFF_S[0]}-{FAST_BACKOFF_S[1]}s")
         else:
             done.append("object pull backoff NOT changed (unknown signature)")
     except (ImportError, AttributeError) as err:
@@ -354,14 +364,12 @@ def tune_supernode() -> list[str]:
 
     loop.time = _ShortSleeps(SUPERNODE_PAUSE_S)  # type: ignore[assignment]
     first, cap = FAST_BACKOFF_S
-    pull = loop.pull_objects
-    pull.__kwdefaults__ = {
-        **(pull.__kwdefaults__ or {}),
-        "initial_backoff": first,
-        "backoff_cap": cap,
-        "max_tries_per_object": None,
-    }
-    return [f"SuperNode sleeps capped at {SUPERNODE_PAUSE_S}s", f"object pull {first}-{cap}s"]
+    pulls = (
+        f"object pull {first}-{cap}s"
+        if fast_backoff(loop.pull_objects)
+        else "object pull NOT changed"
+    )
+    return [f"SuperNode sleeps capped at {SUPERNODE_PAUSE_S}s", pulls]
 
 
 def supernode_main(args: Sequence[str]) -> int:

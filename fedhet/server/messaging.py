@@ -62,7 +62,10 @@ def fast_object_pulls() -> str:
     time of a round (``python -m benchmarks.deployment``). Here the first pause is 0.05 s, growing
     to at most 0.5 s; the overall limit (Flower's 7,200 s) stays, the per-object try count is
     lifted so that limit governs. Called once by the ServerApp; another Flower release is left
-    as it is.
+    as it is. (The same change as the warm start's ``fedhet.deploy.forkserver.fast_backoff``,
+    written again here on purpose: that file must stay standard-library only and runs outside
+    the package, and importing ``fedhet.deploy`` would load the PKI and fleet modules into every
+    ServerApp.)
 
     Returns
     -------

@@ -40,7 +40,6 @@ on a shared host).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -60,6 +59,7 @@ from benchmarks.common import (
     markdown_table,
     mb,
     mean_std,
+    merge_saved,
     parse_args,
     plot_curves,
     setup,
@@ -695,15 +695,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if labels != DEFAULT_LABELS:
         command += f" --methods {shlex.quote(','.join(labels))}"
     name = f"cocofl-{tier}{suffix}"
-    saved = args.out / f"{name}.json"
     seed_list = list(args.seed_list)
-    if args.merge and saved.is_file():
-        old = json.loads(saved.read_text())
-        new = {(r["method"], r["seed"]) for r in rows}
-        rows = [r for r in old["rows"] if (r["method"], r.get("seed")) not in new] + rows
-        seed_list = sorted({*old.get("seeds", [args.seed]), *seed_list})
-        command = f"{old['command']}; then {command} --merge"
-        total += float(old["wall-s"])
+    if args.merge:
+        merged = merge_saved(
+            args.out / f"{name}.json", "rows", rows, ("method", "seed"), seed_list, command, total
+        )
+        rows, seed_list, command, total = merged.rows, merged.seeds, merged.command, merged.wall
     data = {
         "rows": rows,
         "settings": {**settings(args.quick, args.split), "seed": args.seed},

@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,41 @@ def run_method(
     strategy = run_local(raw, node_cfgs, run_dir)
     log.info("%s/%s finished in %.1f s", bench, run_name, time.time() - start)
     return strategy.history
+
+
+@dataclass
+class Merged:
+    """A tier's saved runs with this invocation's added (:func:`merge_saved`)."""
+
+    rows: list[dict[str, Any]]
+    seeds: list[int]
+    command: str
+    wall: float
+
+
+def merge_saved(
+    saved: Path,
+    field: str,
+    rows: list[dict[str, Any]],
+    key: Sequence[str],
+    seeds: Sequence[int],
+    command: str,
+    wall: float,
+) -> Merged:
+    """``--merge``: the runs saved under ``saved[field]`` with ``rows`` added, a saved run with
+    the same ``key`` fields (e.g. method and seed) replaced; seeds united, the two commands
+    chained and the wall times added. Without a saved file, ``rows`` as they are."""
+    if not saved.is_file():
+        return Merged(list(rows), sorted(seeds), command, wall)
+    old = json.loads(saved.read_text())
+    new = {tuple(r.get(k) for k in key) for r in rows}
+    kept = [r for r in old[field] if tuple(r.get(k) for k in key) not in new]
+    return Merged(
+        kept + list(rows),
+        sorted({*old.get("seeds", []), *seeds}),
+        f"{old['command']}; then {command} --merge",
+        wall + float(old["wall-s"]),
+    )
 
 
 def _run_config(

@@ -43,6 +43,7 @@ from benchmarks.common import (
     claim_verdict,
     markdown_table,
     mb,
+    merge_saved,
     parse_args,
     run_method,
     setup,
@@ -564,15 +565,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     command += " --reuse" if args.reuse else ""
     if args.labels != list(DEFAULT_METHODS):
         command += f" --methods {shlex.quote(','.join(args.labels))}"
-    saved = args.out / f"pfedafm-{tier}.json"
-    if extra.merge and saved.is_file():
-        old = json.loads(saved.read_text())
-        new_keys = {(r["method"], r["split"], r["seed"]) for r in rows}
-        kept = [r for r in old["runs"] if (r["method"], r["split"], r["seed"]) not in new_keys]
-        rows = kept + rows
-        seeds = sorted({*old["seeds"], *seeds})
-        command = f"{old['command']}; then {command} --merge"
-        wall += float(old["wall-s"])
+    if extra.merge:
+        merged = merge_saved(
+            args.out / f"pfedafm-{tier}.json",
+            "runs",
+            rows,
+            ("method", "split", "seed"),
+            seeds,
+            command,
+            wall,
+        )
+        rows, seeds, command, wall = merged.rows, merged.seeds, merged.command, merged.wall
         args.labels = [m for m in METHODS if any(r["method"] == m for r in rows)]
     text = render(rows, args.quick, seeds, command, wall)
     plot(rows, args.out / f"pfedafm-{tier}.png", f"pFedAFM benchmark ({tier})")

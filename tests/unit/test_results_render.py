@@ -153,3 +153,17 @@ def test_fltac_sweep_picks_each_methods_best_and_names_the_winner() -> None:
         ("fltac", 2, "matched", "per-task"),
         ("fltac", 4, "matched", "per-task"),
     ]
+
+
+def test_merge_saved_replaces_same_key_runs_and_chains_the_commands(tmp_path: Path) -> None:
+    from benchmarks.common import merge_saved
+
+    saved = tmp_path / "tier.json"
+    old_rows = [{"method": "A", "seed": 0, "v": 1}, {"method": "B", "seed": 0, "v": 2}]
+    saved.write_text(json.dumps({"rows": old_rows, "seeds": [0], "command": "run", "wall-s": 10}))
+    new_rows = [{"method": "B", "seed": 0, "v": 3}, {"method": "B", "seed": 1, "v": 4}]
+    m = merge_saved(saved, "rows", new_rows, ("method", "seed"), [0, 1], "add", 5.0)
+    assert m.rows == [old_rows[0], *new_rows]  # B@0 replaced, A kept
+    assert m.seeds == [0, 1] and m.command == "run; then add --merge" and m.wall == 15.0
+    fresh = merge_saved(tmp_path / "none.json", "rows", new_rows, ("method",), [1, 0], "add", 5)
+    assert fresh.rows == new_rows and fresh.seeds == [0, 1] and fresh.command == "add"

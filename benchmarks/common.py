@@ -225,6 +225,13 @@ def finished_method_run(
     return finished_run(run_dir, raw)
 
 
+def run_wall(start: float, history: Sequence[dict[str, Any]]) -> float:
+    """Seconds a run took: since ``start``, or, for a run read back with ``reuse``, the time its
+    rounds took when it ran (not the milliseconds it takes to read)."""
+    rounds = sum(float(h.get("wall-seconds") or 0.0) for h in history)
+    return max(time.time() - start, rounds)
+
+
 def finished_run(run_dir: Path, raw: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The ``metrics.jsonl`` lines of a finished run in ``run_dir`` whose saved ``config.json``
     equals ``raw``, else None (no run, another config, or fewer rounds than configured)."""

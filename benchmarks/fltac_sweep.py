@@ -46,7 +46,7 @@ from benchmarks.common import (
     setup,
     write_result,
 )
-from benchmarks.fltac import NUM_CLIENTS, method_keys, settings
+from benchmarks.fltac import NUM_CLIENTS, alpha_value, method_keys, settings
 
 log = logging.getLogger("benchmarks.fltac_sweep")
 
@@ -80,11 +80,10 @@ def run_spec(
         "budget": budget,
         "head": head,
     }
-    alpha_value = 0.0 if alpha == "2r" else float(alpha)
     keys = {
         **method_keys(method, False),  # τ = 10, the reference tier's
         f"{method}.lr": lr,
-        f"{method}.alpha": alpha_value,
+        f"{method}.alpha": alpha_value(alpha),
         f"{method}.rank": rank,
     }
     if method == "fltac":

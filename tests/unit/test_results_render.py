@@ -155,6 +155,49 @@ def test_fltac_sweep_picks_each_methods_best_and_names_the_winner() -> None:
     ]
 
 
+def test_tuned_tier_uses_the_sweeps_picks() -> None:
+    """The tuned tier's (lr, alpha) per method are the published sweep's best cells."""
+    from benchmarks import fltac, fltac_sweep
+    from benchmarks.common import RESULTS
+
+    rows = json.loads((RESULTS / f"{fltac_sweep.BENCH}.json").read_text())["rows"]
+    for method in fltac_sweep.METHODS:
+        pick = fltac_sweep.best(rows, method)
+        assert pick is not None
+        assert fltac.SWEPT[method] == (pick["lr"], pick["alpha"]), method
+        keys = fltac.method_keys(method, False, "tuned")
+        assert keys[f"{method}.lr"] == pick["lr"]
+        assert keys[f"{method}.alpha"] == fltac.alpha_value(pick["alpha"])
+    # the untuned tiers keep their configs (lr 2e-3, the config's default alpha)
+    assert fltac.method_keys("fedit", False, "reference") == {
+        "fedit.steps": 10,
+        "fedit.lr": 2e-3,
+        "fedit.batch-size": 16,
+        "fedit.max-length": 48,
+    }
+
+
+def test_fltac_claim_row_by_hand() -> None:
+    from benchmarks.render import fltac_claim_row
+
+    def seed(tac: float, fit: float) -> dict[str, object]:
+        return {
+            "FL-TAC (r=1)": {"mean-task-accuracy": tac, "task-accuracy": {}},
+            "FedIT (r=16)": {"mean-task-accuracy": fit, "task-accuracy": {}},
+        }
+
+    data = {
+        "settings": {"num_server_rounds": 10},
+        "seed-runs": {"0": seed(0.80, 0.70), "1": seed(0.82, 0.70), "2": seed(0.78, 0.70)},
+    }
+    _claim, text, verdict = fltac_claim_row("c", "tuned", data)
+    # margins 10, 12, 8 points: mean 10, std 2; 10 > 2 * 2
+    assert verdict == "holds"
+    assert "tuned tier, 10 rounds, 3 seeds: FL-TAC 80.00 ± 2.00 %, FedIT 70.00 ± 0.00 %" in text
+    data["seed-runs"]["2"] = seed(0.60, 0.70)  # margins 10, 12, -10: spread swamps the mean
+    assert fltac_claim_row("c", "tuned", data)[2] == "within noise"
+
+
 def test_merge_saved_replaces_same_key_runs_and_chains_the_commands(tmp_path: Path) -> None:
     from benchmarks.common import merge_saved
 

@@ -4,7 +4,7 @@
 (each benchmark's ``render_json`` of its ``<bench>-<tier>.json``; CoCoFL's C2 tiers too),
 ``cocofl.md`` (the tiers combined, the feasible windows per class of
 :mod:`benchmarks.cocofl_windows`, then the notes), ``genefl[-<tier>].md``, ``pfedafm.md``,
-``deployment.md``,
+``deployment.md``, ``width-slices.md``,
 every block between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in the
 hand-written analyses (``fiarse.md``, ``fltac.md``) and the README block between
 ``<!-- results-at-a-glance -->`` and ``<!-- /results-at-a-glance -->``. ``--check`` writes nothing
@@ -22,7 +22,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cocofl, deployment, fiarse, fltac, fltac_sweep, genefl, pfedafm
+from benchmarks import (
+    cocofl,
+    deployment,
+    fiarse,
+    fltac,
+    fltac_sweep,
+    genefl,
+    pfedafm,
+    width_slices,
+)
 from benchmarks.cocofl_windows import render_windows
 from benchmarks.common import RESULTS, claim_verdict, fmt_pct, mean_std
 
@@ -346,6 +355,11 @@ def render_all(results: Path = RESULTS, readme: Path = README) -> dict[Path, str
     if sweep.is_file():
         out[results / f"{fltac_sweep.BENCH}.md"] = fltac_sweep.render_json(
             json.loads(sweep.read_text())
+        )
+    slices = results / f"{width_slices.BENCH}.json"
+    if slices.is_file():
+        out[results / f"{width_slices.BENCH}.md"] = width_slices.render_json(
+            json.loads(slices.read_text())
         )
     if (results / "deployment.json").is_file():
         out[results / "deployment.md"] = deployment.report(

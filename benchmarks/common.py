@@ -307,6 +307,18 @@ def write_result(out: Path, name: str, text: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def publish(
+    out: Path, name: str, data: dict[str, Any], render: Any, logger: logging.Logger
+) -> Path:
+    """Render ``data`` to Markdown with ``render``, write both (:func:`write_result`), print the
+    Markdown and log where it went."""
+    text = render(data)
+    path = write_result(out, name, text, data)
+    print(text)
+    logger.info("wrote %s", path)
+    return path
+
+
 def run_method_grid(
     bench: str,
     run_name: str,

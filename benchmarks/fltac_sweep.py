@@ -42,9 +42,9 @@ from benchmarks.common import (
     absolute_path,
     finished_method_run,
     markdown_table,
+    publish,
     run_method,
     setup,
-    write_result,
 )
 from benchmarks.fltac import NUM_CLIENTS, alpha_value, method_keys, settings
 
@@ -365,10 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "lrs": lrs,
         "rows": rows,
     }
-    text = render_json(data)
-    path = write_result(args.out, BENCH, text, data)
-    print(text)
-    log.info("wrote %s", path)
+    publish(args.out, BENCH, data, render_json, log)
 
 
 if __name__ == "__main__":

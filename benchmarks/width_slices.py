@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, absolute_path, markdown_table, write_result
+from benchmarks.common import RESULTS, absolute_path, markdown_table, publish
 
 log = logging.getLogger("benchmarks.width_slices")
 
@@ -221,10 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "source": "benchmarks/results/raw/fiarse (reference tier)",
         "runs": [run_stats(r, test.x, test.y) for r in runs],
     }
-    text = render_json(data)
-    path = write_result(args.out, BENCH, text, data)
-    print(text)
-    log.info("wrote %s", path)
+    publish(args.out, BENCH, data, render_json, log)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,9 @@ MILESTONES = "0.6,0.8"
 
 #: CoCoFL planning with the analytic cost table.
 ANALYTIC = "CoCoFL (analytic table)"
+#: Issue 14 follow-up of cocofl-notes.md: BN running statistics averaged over the devices that
+#: trained a unit (``cocofl.bn-stats=holders``) instead of zero-filled (METHODS.md §6.2, default).
+HOLDERS = "CoCoFL (BN stats over holders)"
 
 #: label -> (registered method, run-config overrides)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -91,6 +94,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     # Issue 14: the accuracy effect of planning with the analytic cost table (METHODS.md B7)
     # instead of the measured one (the analytic table admits windows 0-0 and 1-2 to medium devices).
     ANALYTIC: ("cocofl", {"cocofl.cost": "analytic"}),
+    HOLDERS: ("cocofl", {"cocofl.bn-stats": "holders"}),
 }
 #: What a plain run compares (METHODS.md §6.6); the analytic-table row runs on request.
 DEFAULT_LABELS = ["CoCoFL", "FedAvg-full", "FedAvg-drop"]
@@ -386,6 +390,15 @@ def verdict(rows: list[dict[str, Any]], quick: bool, default_seed: int = 0) -> s
             f"- Cost table (issue 14): planning with the analytic table instead of the measured "
             f'one, final accuracy analytic − measured: {text} ("holds" = the analytic table '
             f"gives higher accuracy; here **{v}**)."
+        )
+    holders = runs.get(HOLDERS, {})
+    seeds = sorted(set(coco) & set(holders))
+    if seeds:
+        v, text = claim_verdict([holders[t]["accuracy"] - coco[t]["accuracy"] for t in seeds])
+        lines.append(
+            f"- BN statistics (issue 14): averaged over the devices that trained a unit instead "
+            f'of zero-filled, final accuracy holders − zero-fill: {text} ("holds" = averaging '
+            f"over holders gives higher accuracy; here **{v}**)."
         )
     if coco:
         first = coco[min(coco)]

@@ -262,6 +262,68 @@ def _share_cell(runs: dict[int, dict[str, Any]], key: str) -> str:
     return "n/a" if mean is None else f"{mean:.3f}"
 
 
+#: FIARSE's paper (Wu et al., NeurIPS 2024), test accuracy % per column (Local, Model(1/64),
+#: Model(1/16), Model(1/4), Model(1), Global) on CIFAR-10 / CIFAR-100 with a static-BN ResNet-18,
+#: 100 clients, 800 rounds (METHODS.md §7.5).
+PAPER: dict[str, dict[str, tuple[float, ...]]] = {
+    "CIFAR-10": {
+        "HeteroFL": (68.88, 60.24, 69.32, 72.18, 73.76, 66.05),
+        "FedRolex": (67.18, 54.60, 64.96, 70.08, 79.08, 65.98),
+        "FIARSE": (77.04, 73.12, 77.20, 77.24, 82.04, 73.75),
+    },
+    "CIFAR-100": {
+        "HeteroFL": (31.75, 27.24, 29.80, 33.52, 36.44, 30.67),
+        "FedRolex": (31.67, 21.00, 30.84, 36.44, 38.40, 29.89),
+        "FIARSE": (41.76, 39.12, 43.24, 43.72, 40.96, 38.63),
+    },
+}
+PAPER_COLUMNS: tuple[str, ...] = ("local", *(f"model-{g:g}" for g in SIZES), "global")
+
+
+def paper_section(runs: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """The paper's margins of FIARSE over HeteroFL and FedRolex beside ours (mean ± std of the
+    paired per-seed margins), per column; the paper's own accuracies for reference."""
+    names = ["Local", *(f"Model({SIZE_LABELS[g]})" for g in SIZES), "Global"]
+    rows: list[list[Any]] = []
+    for other in ("HeteroFL", "FedRolex"):
+        for data, table in PAPER.items():
+            paper = [f"{a - b:+.2f}" for a, b in zip(table["FIARSE"], table[other], strict=True)]
+            rows.append([f"FIARSE − {other}", f"paper, {data}", *paper])
+        for label in ("FIARSE", OFFICIAL):
+            mine, base = runs.get(label, {}), runs.get(other, {})
+            seeds = sorted(set(mine) & set(base))
+            if not seeds:
+                continue
+            cells = []
+            for key in PAPER_COLUMNS:
+                margins = [
+                    mine[t][key] - base[t][key]
+                    for t in seeds
+                    if mine[t].get(key) is not None and base[t].get(key) is not None
+                ]
+                mean, std = mean_std(margins)
+                cells.append(
+                    "–"
+                    if mean is None
+                    else f"{100 * mean:+.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+                )
+            rows.append([f"{shown(label)} − {other}", f"ours, {len(seeds)} seed(s)", *cells])
+    accs = [
+        [method, data, *(f"{v:.2f}" for v in values)]
+        for data, table in PAPER.items()
+        for method, values in table.items()
+    ]
+    return f"""The paper's numbers beside ours (METHODS.md §7.5: CIFAR-10/100, static-BN ResNet-18, 100
+clients, 800 rounds; ours: the setting above). Margins in points; ours are mean ± std of the
+paired per-seed margins:
+
+{markdown_table(["margin", "source", *names], rows)}
+
+The paper's accuracies (%):
+
+{markdown_table(["method", "data", *names], accs)}"""
+
+
 def claims(rows: list[dict[str, Any]], default_seed: int = 0) -> list[tuple[str, str, str]]:
     """METHODS.md §7.6 must-show (a) and (b), each ``(claim, verdict, numbers)``, computed by
     :func:`benchmarks.common.claim_verdict` from per-seed paired margins."""
@@ -445,6 +507,8 @@ exceeds twice its std over seeds, "fails" when it is reversed by more than that,
 noise"; one seed decides nothing):
 
 {ctable}
+
+{paper_section(runs)}
 
 Payload bytes per trained device by size (first seed; training messages; FIARSE down = 4·kept +
 ⌈d_masked/8⌉ + 4·d_dense, up = 4·kept + 4·d_dense, METHODS.md §7.3; full cnn_s = 1,686,568 B):

@@ -37,6 +37,7 @@ from benchmarks.common import (
     fmt_pct,
     markdown_table,
     mb,
+    mean_std,
     parse_args,
     plot_curves,
     run_method,
@@ -154,6 +155,57 @@ def seed_summary(histories: dict[str, list[dict[str, Any]]]) -> dict[str, dict[s
         }
         for label, hist in histories.items()
     }
+
+
+#: FL-TAC's paper (arXiv 2404.15384, Table 2, federated rows): accuracy of FedIT and FL-TAC per
+#: task, BERT-base on five GLUE tasks and ViT on CIFAR-10/100 (METHODS.md §4.5).
+PAPER: dict[str, tuple[float, float]] = {
+    "QNLI": (0.670, 0.787),
+    "QQP": (0.510, 0.807),
+    "SST-2": (0.652, 0.874),
+    "RTE": (0.524, 0.532),
+    "MRPC": (0.520, 0.673),
+    "CIFAR-10": (0.935, 0.946),
+    "CIFAR-100": (0.854, 0.884),
+}
+
+
+def paper_section(seed_runs: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The paper's FL-TAC − FedIT margins per task beside ours (mean ± std over seeds)."""
+    tac, fit = "FL-TAC (r=1)", "FedIT (r=16)"
+    seeds = [t for t in seed_runs if tac in seed_runs[t] and fit in seed_runs[t]]
+    rows: list[list[Any]] = [
+        ["paper", task, f"{100 * f:.1f}", f"{100 * t:.1f}", f"{100 * (t - f):+.1f}"]
+        for task, (f, t) in PAPER.items()
+    ]
+    tasks = sorted({k for t in seeds for k in seed_runs[t][tac]["task-accuracy"]})
+    for task in [*tasks, None]:
+
+        def acc(label: str, t: str, task: str | None = task) -> float | None:
+            run = seed_runs[t][label]
+            return run["mean-task-accuracy"] if task is None else run["task-accuracy"].get(task)
+
+        pairs = [(acc(fit, t), acc(tac, t)) for t in seeds]
+        pairs = [(f, a) for f, a in pairs if f is not None and a is not None]
+        mean, std = mean_std([a - f for f, a in pairs])
+        rows.append(
+            [
+                f"ours, {len(pairs)} seed(s)",
+                task or "mean over tasks",
+                fmt_pct([f for f, _ in pairs]),
+                fmt_pct([a for _, a in pairs]),
+                "–"
+                if mean is None
+                else f"{100 * mean:+.2f}" + ("" if std is None else f" ± {100 * std:.2f}"),
+            ]
+        )
+    return (
+        "## The paper's numbers beside ours\n\nAccuracy in %; the paper's Table 2 (federated "
+        "rows: BERT-base on GLUE, ViT on CIFAR; METHODS.md §4.5) and this tier's tasks "
+        "(MiniLM-L6). Margin = FL-TAC − FedIT, ours the mean ± std of the per-seed margins.\n\n"
+        + markdown_table(["source", "task", "FedIT", "FL-TAC", "margin"], rows)
+        + "\n"
+    )
 
 
 def seeds_section(seed_runs: dict[str, dict[str, dict[str, Any]]]) -> str:
@@ -356,7 +408,8 @@ which only this evaluator reads, after the round's clustering; the algorithm nev
     } ({up_tac:,} vs {up_fit:,}) |
 | (c) purity ≥ 0.9 from round 3 | {"yes" if purity_ok else "**no**"} ({purities}) |
 
-{seeds_section(seed_runs)}{QUICK_NOTE if quick else ""}"""
+{seeds_section(seed_runs)}
+{paper_section(seed_runs)}{QUICK_NOTE if quick else ""}"""
     data = {
         "tier": tier,
         "command": command,

@@ -210,3 +210,30 @@ def test_merge_saved_replaces_same_key_runs_and_chains_the_commands(tmp_path: Pa
     assert m.seeds == [0, 1] and m.command == "run; then add --merge" and m.wall == 15.0
     fresh = merge_saved(tmp_path / "none.json", "rows", new_rows, ("method",), [1, 0], "add", 5)
     assert fresh.rows == new_rows and fresh.seeds == [0, 1] and fresh.command == "add"
+
+
+def test_paper_numbers_sit_beside_ours_by_hand() -> None:
+    from benchmarks import fiarse, fltac
+
+    def run(local: float) -> dict[str, float]:
+        return {k: local for k in fiarse.PAPER_COLUMNS}
+
+    runs = {
+        "FIARSE": {0: run(0.80), 1: run(0.84)},
+        "HeteroFL": {0: run(0.78), 1: run(0.80)},  # margins +2, +4 points
+    }
+    text = fiarse.paper_section(runs)
+    # the paper's CIFAR-10 Local margin over HeteroFL: 77.04 - 68.88
+    assert "| FIARSE − HeteroFL | paper, CIFAR-10 | +8.16 |" in text
+    assert "| FIARSE (fedhet's variant) − HeteroFL | ours, 2 seed(s) | +3.00 ± 1.41 |" in text
+    assert "FedRolex | ours" not in text  # no FedRolex runs: no row of ours
+
+    def seed(tac: float, fit: float) -> dict[str, dict[str, object]]:
+        return {
+            "FL-TAC (r=1)": {"mean-task-accuracy": tac, "task-accuracy": {"trec": tac}},
+            "FedIT (r=16)": {"mean-task-accuracy": fit, "task-accuracy": {"trec": fit}},
+        }
+
+    text = fltac.paper_section({"0": seed(0.70, 0.80), "1": seed(0.74, 0.80)})
+    assert "| paper | QQP | 51.0 | 80.7 | +29.7 |" in text
+    assert "| ours, 2 seed(s) | trec | 80.00 ± 0.00 | 72.00 ± 2.83 | -8.00 ± 2.83 |" in text

@@ -357,6 +357,25 @@ def _by_method(rows: list[dict[str, Any]], default_seed: int) -> dict[str, dict[
     return out
 
 
+#: Rows compared with the default CoCoFL row (issue 14): (label, what changed, the difference,
+#: what "holds" means).
+VARIANT_CHECKS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        ANALYTIC,
+        "Cost table (issue 14): planning with the analytic table instead of the measured one",
+        "analytic − measured",
+        "the analytic table",
+    ),
+    (
+        HOLDERS,
+        "BN statistics (issue 14): averaged over the devices that trained a unit instead of "
+        "zero-filled",
+        "holders − zero-fill",
+        "averaging over holders",
+    ),
+)
+
+
 def verdict(rows: list[dict[str, Any]], quick: bool, default_seed: int = 0) -> str:
     """The paper's claims (METHODS.md §6.6 must-show a, c, d) from this run's numbers; a, c
     by :func:`benchmarks.common.claim_verdict` on per-seed paired margins."""
@@ -382,24 +401,15 @@ def verdict(rows: list[dict[str, Any]], quick: bool, default_seed: int = 0) -> s
             f"- (c) CoCoFL ≤ FedAvg-full: **{v1}** (FedAvg-full − CoCoFL, {t1}); with a smaller "
             f"gap than FedAvg-drop's: **{v2}** (gap difference, {t2})."
         )
-    analytic = runs.get(ANALYTIC, {})
-    seeds = sorted(set(coco) & set(analytic))
-    if seeds:
-        v, text = claim_verdict([analytic[t]["accuracy"] - coco[t]["accuracy"] for t in seeds])
-        lines.append(
-            f"- Cost table (issue 14): planning with the analytic table instead of the measured "
-            f'one, final accuracy analytic − measured: {text} ("holds" = the analytic table '
-            f"gives higher accuracy; here **{v}**)."
-        )
-    holders = runs.get(HOLDERS, {})
-    seeds = sorted(set(coco) & set(holders))
-    if seeds:
-        v, text = claim_verdict([holders[t]["accuracy"] - coco[t]["accuracy"] for t in seeds])
-        lines.append(
-            f"- BN statistics (issue 14): averaged over the devices that trained a unit instead "
-            f'of zero-filled, final accuracy holders − zero-fill: {text} ("holds" = averaging '
-            f"over holders gives higher accuracy; here **{v}**)."
-        )
+    for label, what, difference, better in VARIANT_CHECKS:
+        variant = runs.get(label, {})
+        seeds = sorted(set(coco) & set(variant))
+        if seeds:
+            v, text = claim_verdict([variant[t]["accuracy"] - coco[t]["accuracy"] for t in seeds])
+            lines.append(
+                f"- {what}, final accuracy {difference}: {text} "
+                f'("holds" = {better} gives higher accuracy; here **{v}**).'
+            )
     if coco:
         first = coco[min(coco)]
         over = {c: d["over"] for c, d in first["costs"].items()}

@@ -91,12 +91,14 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     return mean, var**0.5
 
 
-def fmt_pct(values: Sequence[float | None]) -> str:
-    """Fractions as ``mean ± std`` in percent (2 decimals); ``mean`` alone for one seed."""
+def fmt_pct(values: Sequence[float | None], signed: bool = False) -> str:
+    """Fractions as ``mean ± std`` in percent (2 decimals; ``signed``: with the mean's sign, for
+    margins); ``mean`` alone for one seed."""
     mean, std = mean_std(values)
     if mean is None:
         return "–"
-    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
+    return text if std is None else f"{text} ± {100 * std:.2f}"
 
 
 #: Verdicts of :func:`claim_verdict`.

@@ -301,12 +301,7 @@ def paper_section(runs: dict[str, dict[int, dict[str, Any]]]) -> str:
                     for t in seeds
                     if mine[t].get(key) is not None and base[t].get(key) is not None
                 ]
-                mean, std = mean_std(margins)
-                cells.append(
-                    "–"
-                    if mean is None
-                    else f"{100 * mean:+.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
-                )
+                cells.append(fmt_pct(margins, signed=True))
             rows.append([f"{shown(label)} − {other}", f"ours, {len(seeds)} seed(s)", *cells])
     accs = [
         [method, data, *(f"{v:.2f}" for v in values)]

@@ -37,7 +37,6 @@ from benchmarks.common import (
     fmt_pct,
     markdown_table,
     mb,
-    mean_std,
     parse_args,
     plot_curves,
     run_method,
@@ -64,7 +63,6 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 SWEPT: dict[str, tuple[float, str]] = {"fltac": (5e-3, "2r"), "fedit": (5e-3, "16")}
 #: The untuned setting of the reference and quick tiers (both methods).
 UNTUNED: tuple[float, str] = (2e-3, "2r")
-TIERS: tuple[str, ...] = ("reference", "quick", "tuned")
 
 
 def alpha_value(alpha: str) -> float:
@@ -187,16 +185,13 @@ def paper_section(seed_runs: dict[str, dict[str, dict[str, Any]]]) -> str:
 
         pairs = [(acc(fit, t), acc(tac, t)) for t in seeds]
         pairs = [(f, a) for f, a in pairs if f is not None and a is not None]
-        mean, std = mean_std([a - f for f, a in pairs])
         rows.append(
             [
                 f"ours, {len(pairs)} seed(s)",
                 task or "mean over tasks",
                 fmt_pct([f for f, _ in pairs]),
                 fmt_pct([a for _, a in pairs]),
-                "–"
-                if mean is None
-                else f"{100 * mean:+.2f}" + ("" if std is None else f" ± {100 * std:.2f}"),
+                fmt_pct([a - f for f, a in pairs], signed=True),
             ]
         )
     return (

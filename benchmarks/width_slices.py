@@ -215,7 +215,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if _finished(r)
     ]
     if not runs:
-        raise SystemExit(f"no ref-heterofl-s* / ref-fedrolex-s* run folders in {args.raw}")
+        raise SystemExit(
+            f"no finished ref-heterofl-s* / ref-fedrolex-s* run folders in {args.raw}: run the "
+            "FIARSE reference tier first (python -m benchmarks.fiarse), or name its folder "
+            "with --raw"
+        )
     test = global_test(json.loads((runs[0] / "config.json").read_text())["dataset"])
     data = {
         "source": "benchmarks/results/raw/fiarse (reference tier)",

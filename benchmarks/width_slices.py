@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,26 +40,24 @@ BENCH = "width-slices"
 SIZES: tuple[float, ...] = (1 / 64, 1 / 16, 1 / 4, 1.0)
 
 
-def _latest_checkpoint(run_dir: Path) -> Path:
-    found = sorted(
-        (run_dir / "checkpoints").glob("round-*.pt"),
-        key=lambda p: int(re.sub(r"\D", "", p.stem) or 0),
-    )
-    if not found:
-        raise FileNotFoundError(f"{run_dir}: no checkpoints/round-*.pt")
-    return found[-1]
+def _last_round(run_dir: Path) -> int | None:
+    """Round of the newest checkpoint in a run folder (:class:`fedhet.server.run_dir.RunDir`)."""
+    from fedhet.server.run_dir import RunDir
+
+    rounds = RunDir(run_dir).checkpoint_rounds()
+    return rounds[-1] if rounds else None
 
 
 def _finished(run_dir: Path) -> bool:
     """A run whose last checkpoint is its last round (a stopped run is skipped, and logged)."""
     try:
         rounds = int(json.loads((run_dir / "config.json").read_text())["num-server-rounds"])
-        last = int(re.sub(r"\D", "", _latest_checkpoint(run_dir).stem))
     except (OSError, ValueError, KeyError):
-        last, rounds = -1, 0
-    if last != rounds:
+        rounds = 0
+    done = rounds > 0 and _last_round(run_dir) == rounds
+    if not done:
         log.warning("%s: not finished, skipped", run_dir.name)
-    return last == rounds
+    return done
 
 
 def slice_stats(
@@ -96,9 +93,14 @@ def slice_stats(
 def run_stats(run_dir: Path, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """The slices of one run's last checkpoint (see the module docstring)."""
     cfg = json.loads((run_dir / "config.json").read_text())
-    ckpt = torch.load(_latest_checkpoint(run_dir), weights_only=False)
-    state = {k: torch.as_tensor(v) for k, v in ckpt["global"].items()}
-    model, rounds = cfg["model"], int(ckpt["round"])
+    from fedhet.server.run_dir import RunDir
+
+    last = _last_round(run_dir)
+    if last is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoints/round-*.pt")
+    # tensor-only load, checked against the run's method (a bad file raises CheckpointError)
+    state = RunDir(run_dir).load_checkpoint(last, cfg["method"])["global"]
+    model, rounds = cfg["model"], last
     out: dict[str, Any] = {
         "run": run_dir.name,
         "method": cfg["method"],

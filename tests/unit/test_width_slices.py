@@ -10,6 +10,7 @@ import torch
 
 from benchmarks import width_slices
 from fedhet.models import build_model
+from fedhet.server.checkpoint import checkpoint_state
 
 
 def _state(bias_class: int | None = None) -> dict[str, torch.Tensor]:
@@ -40,7 +41,9 @@ def test_run_stats_scores_every_rolling_window_and_renders(tmp_path: Path) -> No
     (run / "checkpoints").mkdir(parents=True)
     cfg = {"method": "fedrolex", "model": "cnn_s", "seed": 0, "num-server-rounds": 3}
     (run / "config.json").write_text(json.dumps(cfg))
-    torch.save({"round": 3, "global": _state()}, run / "checkpoints" / "round-3.pt")
+    arrays = {k: v.numpy() for k, v in _state().items()}
+    state = checkpoint_state(3, "fedrolex", arrays, {}, {})
+    torch.save(state, run / "checkpoints" / "round-3.pt")
     assert width_slices._finished(run)
     x, y = torch.randn(20, 1, 28, 28), torch.arange(20) % 10
     out = width_slices.run_stats(run, x, y)

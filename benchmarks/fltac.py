@@ -49,10 +49,11 @@ log = logging.getLogger("benchmarks.fltac")
 
 NUM_CLIENTS = 10
 #: label -> (registered method, method-specific keys)
+TAC, FIT = "FL-TAC (r=1)", "FedIT (r=16)"
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     # oracle-eval: the simulation-only evaluator (per-task accuracy, cluster purity)
-    "FL-TAC (r=1)": ("fltac", {"fltac.rank": 1, "fltac.oracle-eval": True}),
-    "FedIT (r=16)": ("fedit", {"fedit.rank": 16}),
+    TAC: ("fltac", {"fltac.rank": 1, "fltac.oracle-eval": True}),
+    FIT: ("fedit", {"fedit.rank": 16}),
 }
 
 
@@ -155,6 +156,32 @@ def seed_summary(histories: dict[str, list[dict[str, Any]]]) -> dict[str, dict[s
     }
 
 
+def paired(
+    seed_runs: dict[str, dict[str, dict[str, Any]]], task: str | None = None
+) -> list[tuple[float, float]]:
+    """``(FedIT, FL-TAC)`` accuracy of every seed that ran both and scored ``task`` (``None``:
+    the mean over tasks), in seed order."""
+    out = []
+    for t in sorted(seed_runs, key=int):
+        runs = seed_runs[t]
+        if TAC not in runs or FIT not in runs:
+            continue
+        fit, tac = (
+            runs[m]["mean-task-accuracy"] if task is None else runs[m]["task-accuracy"].get(task)
+            for m in (FIT, TAC)
+        )
+        if fit is not None and tac is not None:
+            out.append((fit, tac))
+    return out
+
+
+def claim_a(seed_runs: dict[str, dict[str, dict[str, Any]]]) -> tuple[str, str]:
+    """Claim (a), FL-TAC's mean per-task accuracy ≥ FedIT's: :func:`claim_verdict` of the
+    per-seed margins; ``("not run", "")`` without a seed that ran both."""
+    margins = [tac - fit for fit, tac in paired(seed_runs)]
+    return claim_verdict(margins) if margins else ("not run", "")
+
+
 #: FL-TAC's paper (arXiv 2404.15384, Table 2, federated rows): accuracy of FedIT and FL-TAC per
 #: task, BERT-base on five GLUE tasks and ViT on CIFAR-10/100 (METHODS.md §4.5).
 PAPER: dict[str, tuple[float, float]] = {
@@ -170,21 +197,13 @@ PAPER: dict[str, tuple[float, float]] = {
 
 def paper_section(seed_runs: dict[str, dict[str, dict[str, Any]]]) -> str:
     """The paper's FL-TAC − FedIT margins per task beside ours (mean ± std over seeds)."""
-    tac, fit = "FL-TAC (r=1)", "FedIT (r=16)"
-    seeds = [t for t in seed_runs if tac in seed_runs[t] and fit in seed_runs[t]]
     rows: list[list[Any]] = [
         ["paper", task, f"{100 * f:.1f}", f"{100 * t:.1f}", f"{100 * (t - f):+.1f}"]
         for task, (f, t) in PAPER.items()
     ]
-    tasks = sorted({k for t in seeds for k in seed_runs[t][tac]["task-accuracy"]})
+    tasks = sorted({k for r in seed_runs.values() if TAC in r for k in r[TAC]["task-accuracy"]})
     for task in [*tasks, None]:
-
-        def acc(label: str, t: str, task: str | None = task) -> float | None:
-            run = seed_runs[t][label]
-            return run["mean-task-accuracy"] if task is None else run["task-accuracy"].get(task)
-
-        pairs = [(acc(fit, t), acc(tac, t)) for t in seeds]
-        pairs = [(f, a) for f, a in pairs if f is not None and a is not None]
+        pairs = paired(seed_runs, task)
         rows.append(
             [
                 f"ours, {len(pairs)} seed(s)",
@@ -219,16 +238,9 @@ def seeds_section(seed_runs: dict[str, dict[str, dict[str, Any]]]) -> str:
         ]
         for label in labels
     ]
-    tac, fit = "FL-TAC (r=1)", "FedIT (r=16)"
     claim = ""
-    paired = [t for t in seeds if tac in seed_runs[t] and fit in seed_runs[t]]
-    if paired:
-        margins = [
-            (seed_runs[t][tac]["mean-task-accuracy"] or 0)
-            - (seed_runs[t][fit]["mean-task-accuracy"] or 0)
-            for t in paired
-        ]
-        verdict, text = claim_verdict(margins)
+    if paired(seed_runs):
+        verdict, text = claim_a(seed_runs)
         claim = f"\n\nClaim (a), FL-TAC mean per-task accuracy ≥ FedIT's: **{verdict}** ({text})."
     return (
         f"## Over seeds ({', '.join(seeds)})\n\nAccuracy in %, mean ± sample std over seeds (one "
@@ -251,7 +263,7 @@ def report(
     """Markdown and raw numbers of one tier (detailed tables: the first seed's run)."""
     seed_runs = seed_runs or {str(seed): seed_summary(histories)}
     quick = tier == "quick"
-    tac, fit = histories["FL-TAC (r=1)"], histories["FedIT (r=16)"]
+    tac, fit = histories[TAC], histories[FIT]
     tasks = sorted(_final(tac, "task-accuracy") or {})
     acc_rows = []
     for label, hist in histories.items():
@@ -509,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         metric="mean-task-accuracy",
         title=f"FL-TAC vs FedIT ({tier} tier): mean per-task accuracy",
     )
-    plot_purity(histories["FL-TAC (r=1)"], args.out / f"fltac-{tier}-purity.png")
+    plot_purity(histories[TAC], args.out / f"fltac-{tier}-purity.png")
     path = write_result(args.out, name, text, data)
     print(text)
     log.info("wrote %s", path)

@@ -161,16 +161,17 @@ def fltac_claim_row(claim: str, tier: str, data: dict[str, Any]) -> list[str]:
     seed_runs = data.get("seed-runs") or {
         str(data.get("seed", 0)): fltac.seed_summary(data["histories"])
     }
-    tac, fit = "FL-TAC (r=1)", "FedIT (r=16)"
-    seeds = [t for t in seed_runs if tac in seed_runs[t] and fit in seed_runs[t]]
-    accs = {m: [seed_runs[t][m]["mean-task-accuracy"] or 0 for t in seeds] for m in (tac, fit)}
-    margins = [a - b for a, b in zip(accs[tac], accs[fit], strict=True)]
-    verdict, text = claim_verdict(margins) if margins else ("not run", "")
-    means = f"FL-TAC {fmt_pct(accs[tac])} %, FedIT {fmt_pct(accs[fit])} %; " if seeds else ""
+    pairs = fltac.paired(seed_runs)
+    verdict, text = fltac.claim_a(seed_runs)
+    means = (
+        f"FL-TAC {fmt_pct([a for _, a in pairs])} %, FedIT {fmt_pct([f for f, _ in pairs])} %; "
+        if pairs
+        else ""
+    )
     return [
         claim,
         f"{tier} tier, {data['settings']['num_server_rounds']} rounds, "
-        f"{_seeds_text(len(seeds))}: {means}{text}",
+        f"{_seeds_text(len(pairs))}: {means}{text}",
         verdict,
     ]
 

@@ -234,15 +234,25 @@ def run_wall(start: float, history: Sequence[dict[str, Any]]) -> float:
     return max(time.time() - start, rounds)
 
 
+#: Run-config keys that say where a run lives, not what it computed: a finished run copied to
+#: another results folder (another clone) is still the same run.
+LOCATION_KEYS: tuple[str, ...] = ("output-dir",)
+
+
 def finished_run(run_dir: Path, raw: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The ``metrics.jsonl`` lines of a finished run in ``run_dir`` whose saved ``config.json``
-    equals ``raw``, else None (no run, another config, or fewer rounds than configured)."""
+    equals ``raw`` but for :data:`LOCATION_KEYS`, else None (no run, another config, or fewer
+    rounds than configured)."""
     try:
         saved = json.loads((run_dir / "config.json").read_text())
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     except (OSError, ValueError):
         return None
-    if saved != json.loads(json.dumps(raw)):
+
+    def what(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
+
+    if not isinstance(saved, dict) or what(saved) != what(json.loads(json.dumps(raw))):
         return None
     rows = [json.loads(line) for line in lines if line.strip()]
     if [r.get("round") for r in rows] != list(range(1, int(raw["num-server-rounds"]) + 1)):

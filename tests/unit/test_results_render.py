@@ -237,3 +237,21 @@ def test_paper_numbers_sit_beside_ours_by_hand() -> None:
     text = fltac.paper_section({"0": seed(0.70, 0.80), "1": seed(0.74, 0.80)})
     assert "| paper | QQP | 51.0 | 80.7 | +29.7 |" in text
     assert "| ours, 2 seed(s) | trec | 80.00 ± 0.00 | 72.00 ± 2.83 | -8.00 ± 2.83 |" in text
+
+
+def test_finished_run_is_reused_from_another_folder_but_not_with_another_config(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.common import finished_run
+
+    raw = {"num-server-rounds": 2, "seed": 0, "output-dir": "/clone-a/raw"}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(raw))
+    lines = [{"round": 1, "x": 1}, {"round": 2, "x": 2}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert finished_run(run, raw) == lines
+    # the same run copied into another clone's results folder
+    assert finished_run(run, {**raw, "output-dir": "/clone-b/raw"}) == lines
+    assert finished_run(run, {**raw, "seed": 1}) is None  # another config
+    assert finished_run(run, {**raw, "num-server-rounds": 3}) is None  # not finished
